@@ -1,0 +1,151 @@
+"""``nas search | show | pareto | export``: the command line.
+
+A user mistake prints one line ``nas: error: FIELD = VALUE: what is allowed`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from search_spaces.config import ConfigError
+
+from .export import ExportError, export_trial
+from .pareto import default_reference, hypervolume, pareto_front, parse_objectives
+from .results import PLOT, SPEC, ResultsError, load_results, study_paths
+from .spec import SpecError
+
+DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
+USER_ERRORS = (SpecError, ConfigError, ResultsError, ExportError)
+SHOWN = ["trial", "status", "accuracy", "latency_ms", "latency_p90_ms", "macs", "params",
+         "epochs", "train_time_s"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nas", description="Architecture and budget search for "
+                                "efficient vision transformers.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search", help="run a search (default spec: configs/quick.yaml)")
+    s.add_argument("spec", nargs="?", default=None, help="search spec YAML")
+    s.add_argument("--name", help="study name (results/<name>/)")
+    s.add_argument("--results-dir", help="parent folder of the study folder")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec value, e.g. --set train.epochs=3 (repeatable)")
+    sh = sub.add_parser("show", help="summarise a study")
+    sh.add_argument("results", help="study folder, e.g. results/quick")
+    pa = sub.add_parser("pareto", help="the Pareto front of a study")
+    pa.add_argument("results")
+    pa.add_argument("--objectives", nargs="+", help="e.g. accuracy:max macs:min "
+                    "(default: the study's)")
+    pa.add_argument("--where", help="pandas condition, e.g. 'latency_ms <= 5'")
+    pa.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    pa.add_argument("--plot", metavar="FILE.png", help="write the front as a PNG")
+    ex = sub.add_parser("export", help="export a trial: config.json + model.safetensors")
+    ex.add_argument("results")
+    ex.add_argument("--trial", type=int, required=True)
+    ex.add_argument("--out", required=True, help="new folder to write")
+    return p
+
+
+def _study_objectives(study_dir: Path) -> list[str]:
+    import yaml
+    spec = yaml.safe_load((study_dir / SPEC).read_text()) if (study_dir / SPEC).exists() else {}
+    return spec.get("objectives") or ["accuracy:max", "latency_ms:min"]
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from . import spec as specs
+    from .search import StudyExists, run_search
+    path = Path(args.spec) if args.spec else DEFAULT_SPEC
+    spec = specs.load(path, args.set, name=args.name, results_dir=args.results_dir)
+    try:
+        study_dir = run_search(spec)
+    except StudyExists as err:
+        raise SpecError(str(err)) from None
+    print()
+    _print_front(study_dir, [o.label for o in spec.objectives], None, "table",
+                 study_dir / PLOT)
+    print(f"\nresults: {spec.study_dir}   next: nas show {spec.study_dir}   "
+          f"nas export {spec.study_dir} --trial N --out DIR")
+    return 0
+
+
+def _print_front(study_dir: Path, objectives: list[str], where: str | None, fmt: str,
+                 plot: Path | None) -> None:
+    frame = load_results(study_dir)
+    objs = parse_objectives(objectives)
+    front = pareto_front(frame, objs, where)
+    done = frame[frame["status"] == "complete"]
+    cols = [c for c in ["trial", *[o.metric for o in objs], "latency_ms", "macs", "params",
+                        "config"] if c in front.columns]
+    cols = list(dict.fromkeys(cols))
+    if fmt == "csv":
+        print(front[cols].to_csv(index=False), end="")
+    elif fmt == "json":
+        print(front[cols].to_json(orient="records", indent=1))
+    else:
+        ref = default_reference(done, objs)
+        hv = hypervolume(front, objs, ref) if len(front) else 0.0
+        print(f"Pareto front of {study_dir} ({len(front)} of {len(done)} completed trials; "
+              f"objectives {', '.join(o.label for o in objs)}"
+              f"{'; where ' + where if where else ''})")
+        print(front[[c for c in cols if c != "config"]].to_string(index=False))
+        print(f"hypervolume {hv:.6g} (reference {', '.join(f'{r:.4g}' for r in ref)})")
+    if plot is not None and len(objs) >= 2 and len(front):
+        from .plot import plot_front
+        plot_front(frame, front, objs, plot, title=f"{study_dir.name}: Pareto front")
+        print(f"plot: {plot}", file=sys.stderr if fmt != "table" else sys.stdout)
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    study_dir = study_paths(args.results)
+    objectives = args.objectives or _study_objectives(study_dir)
+    _print_front(study_dir, objectives, args.where, args.format,
+                 Path(args.plot) if args.plot else None)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    study_dir = study_paths(args.results)
+    frame = load_results(study_dir)
+    counts = frame["status"].value_counts().to_dict()
+    print(f"study {study_dir.name}: {len(frame)} trials "
+          f"({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    with pd.option_context("display.width", 140, "display.max_columns", 20):
+        print(frame[[c for c in SHOWN if c in frame.columns]].to_string(index=False))
+    prov = [c for c in frame.columns if c.startswith("prov_")]
+    if prov and len(frame):
+        first = frame.iloc[0]
+        print("latency measured on: " + ", ".join(f"{c[5:]}={first[c]}" for c in prov))
+    errors = frame[frame["status"] == "error"]
+    for _, row in errors.iterrows():
+        print(f"trial {row['trial']} error: {row['error']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    out = export_trial(study_paths(args.results), args.trial, args.out)
+    print(f"exported trial {args.trial} to {out} (config.json, model.safetensors, "
+          f"metrics.json); load with nas.load_exported({str(out)!r})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"search": cmd_search, "show": cmd_show, "pareto": cmd_pareto,
+               "export": cmd_export}[args.command]
+    try:
+        return handler(args)
+    except USER_ERRORS as err:
+        print(f"nas: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Export a trained trial as config.json + model.safetensors + metrics.json, and load it back.
+
+No pickle anywhere: the architecture is a JSON config that ``build`` turns back into a module,
+and the weights are safetensors. An export also stores a small probe (a seeded input and the
+logits it gave at export) so that ``load_exported`` can prove the rebuilt model is the same.
+Importing this module starts no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import search_spaces
+from search_spaces.output import logits_of
+
+from .results import TRIALS, load_results
+
+CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
+PROBE = "probe.safetensors"
+FORMAT_VERSION = 1
+
+
+class ExportError(ValueError):
+    """The trial cannot be exported, or an export folder cannot be loaded."""
+
+
+def _trial_row(study_dir: Path, trial: int) -> dict[str, Any]:
+    frame = load_results(study_dir)
+    rows = frame[frame["trial"] == trial]
+    if rows.empty:
+        raise ExportError(f"--trial = {trial}: no such trial in {study_dir}; trials: "
+                          f"{sorted(frame['trial'].tolist())}")
+    row = rows.iloc[0].to_dict()
+    if row["status"] != "complete":
+        raise ExportError(f"--trial = {trial}: status is {row['status']!r}; only complete "
+                          f"trials have final weights")
+    return row
+
+
+def _probe(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, inputs["in_chans"], inputs["img_size"], inputs["img_size"], generator=gen)
+    with torch.no_grad():
+        return {"input": x, "logits": logits_of(model.eval()(x)).float()}
+
+
+def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str) -> Path:
+    """Write the trial's architecture, weights and metrics to ``out_dir`` (must not exist)."""
+    study_dir, out_dir = Path(study_dir), Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ExportError(f"--out = {str(out_dir)!r}: folder exists and is not empty")
+    row = _trial_row(study_dir, trial)
+    src = study_dir / TRIALS / str(trial)
+    candidate = json.loads((src / "candidate.json").read_text())
+    inputs = json.loads((src / "input.json").read_text())
+    model = build_model(row["space"], candidate, inputs)
+    model.load_state_dict(load_file(str(src / WEIGHTS)))
+    metrics = {k: _jsonable(v) for k, v in row.items() if k not in ("config",)}
+    metrics["history"] = json.loads((src / "history.json").read_text())
+    config = {"format": FORMAT_VERSION, "space": row["space"], "config": candidate,
+              "input": inputs, "source": {"study": study_dir.name, "trial": trial,
+                                          "key": row["key"]},
+              "provenance": {"torch": torch.__version__,
+                             **{k: _jsonable(v) for k, v in row.items()
+                                if k.startswith("prov_")}}}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
+    (staging / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    shutil.copy2(src / WEIGHTS, staging / WEIGHTS)
+    (staging / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    save_file(_probe(model, inputs), str(staging / PROBE))
+    if out_dir.exists():
+        out_dir.rmdir()
+    staging.rename(out_dir)  # all or nothing: the folder appears complete
+    return out_dir
+
+
+def build_model(space: str, candidate: dict[str, Any], inputs: dict[str, Any]) -> torch.nn.Module:
+    fam = search_spaces.get(space)
+    return fam.build(fam.config_from_dict(candidate), num_classes=inputs["num_classes"],
+                     in_chans=inputs["in_chans"])
+
+
+def load_exported(folder: Path | str, *, verify: bool = True) -> torch.nn.Module:
+    """Rebuild an exported model (eval mode). With ``verify`` it must reproduce the probe.
+
+    The module gets ``.vitnas_config`` (the config.json content) for its input conventions.
+    """
+    folder = Path(folder)
+    if not (folder / CONFIG).is_file():
+        raise ExportError(f"{str(folder)!r}: not an export folder (no {CONFIG})")
+    config = json.loads((folder / CONFIG).read_text())
+    model = build_model(config["space"], config["config"], config["input"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    model.eval()
+    if verify and (folder / PROBE).is_file():
+        probe = load_file(str(folder / PROBE))
+        with torch.no_grad():
+            diff = (logits_of(model(probe["input"])).float() - probe["logits"]).abs().max()
+        if float(diff) > 1e-4:
+            raise ExportError(f"{str(folder)!r}: rebuilt model differs from the export "
+                              f"(max abs logit diff {float(diff):.3g})")
+    model.vitnas_config = config
+    return model
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -1,0 +1,52 @@
+"""The picture of a front: every completed trial, the front as a staircase, the knee marked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .pareto import knee, parse_objectives  # noqa: E402
+from .spec import Objective  # noqa: E402
+
+LABELS = {"accuracy": "validation accuracy", "latency_ms": "latency per batch (ms)",
+          "macs": "MACs per image", "params": "parameters"}
+
+
+def plot_front(frame: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[str | Objective],
+               path: Path | str, title: str = "") -> Path:
+    """Scatter the first two objectives (x = second, y = first) and write a PNG."""
+    objs = parse_objectives(objectives)
+    if len(objs) < 2:
+        raise ValueError("a front plot needs two objectives")
+    y, x = objs[0].metric, objs[1].metric
+    done = frame[frame["status"] == "complete"] if "status" in frame else frame
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    ax.scatter(done[x], done[y], s=22, color="0.7", label="trials")
+    steps = front.sort_values(x)
+    ax.step(steps[x], steps[y], where="post", color="tab:blue", lw=1.2)
+    ax.scatter(steps[x], steps[y], s=40, color="tab:blue", label="Pareto front", zorder=3)
+    for _, row in steps.iterrows():
+        ax.annotate(str(int(row["trial"])), (row[x], row[y]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    k = knee(front, objs)
+    if k is not None:
+        ax.scatter([front.loc[k, x]], [front.loc[k, y]], s=140, facecolors="none",
+                   edgecolors="tab:red", lw=1.5, label="knee", zorder=4)
+    if x in ("macs", "params"):
+        ax.set_xscale("log")
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel(LABELS.get(y, y))
+    ax.set_title(title or f"{y} vs {x}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

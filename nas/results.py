@@ -1,0 +1,113 @@
+"""The results of a study: its folder layout, the driver-side writer and ``load_results``.
+
+results/<study>/
+  spec.yaml        the resolved spec that ran
+  study.db         the Optuna study (SQLite; the record of truth for completed trials)
+  trials.parquet   one row per trial: config (JSON), objectives, status, timings, provenance
+  trials/<n>/      the trial's final weights (model.safetensors), candidate.json, history.json
+  ray/             Ray Tune's own experiment folder
+  pareto.png       the front, drawn after the search
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SPEC = "spec.yaml"
+STUDY_DB = "study.db"
+TABLE = "trials.parquet"
+TRIALS = "trials"
+RAY = "ray"
+PLOT = "pareto.png"
+
+_EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_time_s")
+
+
+class ResultsError(ValueError):
+    """A results folder is missing or is not a study folder."""
+
+
+def study_paths(study_dir: Path | str) -> Path:
+    """Check that ``study_dir`` holds a study and return it as a Path."""
+    path = Path(study_dir)
+    if not (path / TABLE).is_file():
+        raise ResultsError(f"RESULTS = {str(path)!r}: not a study folder (no {TABLE} in it)")
+    return path
+
+
+def load_results(study_dir: Path | str) -> pd.DataFrame:
+    """The study's ``trials.parquet`` as a DataFrame, one row per trial, sorted by trial."""
+    frame = pd.read_parquet(study_paths(study_dir) / TABLE)
+    return frame.sort_values("trial", kind="stable").reset_index(drop=True)
+
+
+def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, Any],
+              key: str, last: dict[str, Any], history: list[dict[str, Any]],
+              error: str = "") -> dict[str, Any]:
+    """One row of ``trials.parquet`` from a trial's final report."""
+    row: dict[str, Any] = {"trial": trial_number, "status": status, "space": space,
+                           "key": key, "config": json.dumps(candidate, sort_keys=True)}
+    for name in ("accuracy", "val_loss", "train_loss", "latency_ms", "latency_p90_ms",
+                 "latency_spread", "macs", "params"):
+        row[name] = last.get(name)
+    row["epochs"] = len(history)
+    row["train_time_s"] = sum(h.get("epoch_time_s", 0.0) for h in history)
+    row.update({k: v for k, v in last.items() if k.startswith("prov_")})
+    row["error"] = error
+    return row
+
+
+class TableWriter:
+    """Appends rows to ``trials.parquet`` (one writer: the driver), atomically each time."""
+
+    def __init__(self, study_dir: Path) -> None:
+        self.path = study_dir / TABLE
+        self.rows: list[dict[str, Any]] = []
+        if self.path.exists():
+            self.rows = pd.read_parquet(self.path).to_dict("records")
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows = [r for r in self.rows if r["trial"] != row["trial"]] + [row]
+        tmp = self.path.with_suffix(".tmp")
+        pd.DataFrame(self.rows).to_parquet(tmp, index=False)
+        os.replace(tmp, self.path)
+
+
+def store_trial_files(study_dir: Path, trial_number: int, checkpoint_dir: str | None,
+                      history: list[dict[str, Any]]) -> Path:
+    """Copy a trial's final checkpoint into trials/<n>/ and write its epoch history."""
+    folder = study_dir / TRIALS / str(trial_number)
+    folder.mkdir(parents=True, exist_ok=True)
+    if checkpoint_dir:
+        for item in Path(checkpoint_dir).iterdir():
+            shutil.copy2(item, folder / item.name)
+    epochs = [{k: h.get(k) for k in _EPOCH_KEYS} for h in history]
+    (folder / "history.json").write_text(json.dumps(epochs, indent=1))
+    return folder
+
+
+def progress_line(done: int, total: int, row: dict[str, Any], objectives: list[str],
+                  started: float) -> str:
+    values = "  ".join(f"{m}={_fmt(row.get(m))}" for m in objectives)
+    tail = f"  error: {row['error']}" if row["status"] == "error" else ""
+    return (f"[{done}/{total}] trial {row['trial']} {row['status']}  {values}  "
+            f"({time.monotonic() - started:.0f}s elapsed){tail}")
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+Printer = Callable[[str], None]

@@ -1,0 +1,394 @@
+"""Search specs: YAML (safe load) -> a validated, frozen :class:`SearchSpec`.
+
+Every mistake is reported as one :class:`SpecError` line naming the field (dotted path), the
+value and what is allowed, before any Ray or Optuna work starts. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import search_spaces
+from search_spaces.config import ConfigError
+from search_spaces.dims import Dim, Fixed, narrow
+
+METRICS = ("accuracy", "latency_ms", "latency_p90_ms", "macs", "params", "val_loss")
+OBJECTIVES = ("accuracy", "latency_ms", "macs", "params")
+DATASETS = ("fashion-mnist", "digits", "synthetic")
+NATIVE_IMG_SIZE = {"fashion-mnist": 28, "digits": 8, "synthetic": 32}
+
+
+class SpecError(ValueError):
+    """One bad value in a spec: ``field: value ...: what is allowed``."""
+
+
+def fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise SpecError(f"{field} = {value!r}: {allowed}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataSpec:
+    name: str = "fashion-mnist"
+    train_size: int | None = 5000
+    val_size: int = 1000
+    img_size: int | None = None
+    seed: int = 0
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.name in DATASETS or self.name.startswith("folder:")):
+            fail("data.name", self.name, f"allowed: {list(DATASETS)} or folder:PATH")
+        if self.train_size is not None and self.train_size < 10:
+            fail("data.train_size", self.train_size, "must be an integer >= 10 or null (all)")
+        if self.val_size < 10:
+            fail("data.val_size", self.val_size, "must be an integer >= 10")
+        if self.img_size is not None and not 4 <= self.img_size <= 1024:
+            fail("data.img_size", self.img_size, "must be an integer in [4, 1024] or null")
+
+    @property
+    def resolved_img_size(self) -> int:
+        return self.img_size or NATIVE_IMG_SIZE.get(self.name, 224)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    epochs: int = 2
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.1
+    clip_grad: float | None = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least("train.epochs", self.epochs, 1)
+        _at_least("train.batch_size", self.batch_size, 1)
+        if not 0 < self.lr <= 10:
+            fail("train.lr", self.lr, "must be a number in (0, 10]")
+        _at_least("train.weight_decay", self.weight_decay, 0)
+        if not 0 <= self.warmup_epochs < self.epochs:
+            fail("train.warmup_epochs", self.warmup_epochs, "must be >= 0 and < train.epochs")
+        if not 0 <= self.label_smoothing < 1:
+            fail("train.label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            fail("train.clip_grad", self.clip_grad, "must be a number > 0 or null (off)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LatencySpec:
+    device: str = "cpu"
+    batch_size: int = 16
+    threads: int = 1
+    dtype: str = "float32"
+    warmup: int = 5
+    repeats: int = 20
+    rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            fail("latency.device", self.device, "allowed: cpu, cuda")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            fail("latency.dtype", self.dtype, "allowed: float32, bfloat16, float16")
+        for name in ("batch_size", "threads", "repeats", "rounds"):
+            _at_least(f"latency.{name}", getattr(self, name), 1)
+        _at_least("latency.warmup", self.warmup, 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplerSpec:
+    name: str = "nsga2"
+    seed: int = 0
+    population_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.name not in ("nsga2", "tpe", "random"):
+            fail("sampler.name", self.name, "allowed: nsga2, tpe, random")
+        _at_least("sampler.population_size", self.population_size, 2)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResourcesSpec:
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.cpus > 0:
+            fail("resources.cpus", self.cpus, "must be a number > 0 (fractions allowed)")
+        _at_least("resources.gpus", self.gpus, 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str  # "max" or "min"
+
+    @property
+    def label(self) -> str:
+        return f"{self.metric}:{self.direction}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraint:
+    metric: str
+    op: str
+    bound: float
+
+    def holds(self, value: float) -> bool:
+        return {"<=": value <= self.bound, ">=": value >= self.bound,
+                "<": value < self.bound, ">": value > self.bound}[self.op]
+
+    def violation(self, value: float) -> float:
+        """Optuna's convention: <= 0 when the constraint holds, else how far it is off."""
+        if self.holds(value):
+            return 0.0
+        return abs(value - self.bound) + (1e-9 if self.op in ("<", ">") else 0.0)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.bound:g}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SpaceSpec:
+    name: str
+    dims: Mapping[str, Dim]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SearchSpec:
+    name: str
+    space: SpaceSpec
+    data: DataSpec
+    train: TrainSpec
+    objectives: tuple[Objective, ...]
+    constraints: tuple[Constraint, ...]
+    sampler: SamplerSpec
+    latency: LatencySpec
+    resources: ResourcesSpec
+    trials: int = 8
+    concurrent_trials: int = 1
+    scheduler: str = "none"
+    results_dir: str = "results"
+    ray_address: str | None = None
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.results_dir) / self.name
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def modes(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+
+def _at_least(field: str, value: float, low: float) -> None:
+    if value < low:
+        fail(field, value, f"must be >= {low}")
+
+
+# ---------------------------------------------------------------- parsing raw YAML values
+
+_TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler", "latency",
+        "resources", "trials", "concurrent_trials", "scheduler", "results_dir", "ray_address"}
+_SECTIONS = {"data": DataSpec, "train": TrainSpec, "sampler": SamplerSpec,
+             "latency": LatencySpec, "resources": ResourcesSpec}
+_CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _section(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        fail(prefix, raw, "must be a mapping of settings")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            fail(f"{prefix}.{key}", value, f"unknown key; allowed keys: {known}")
+        values[key] = _typed(f"{prefix}.{key}", hints[key], value)
+    return cls(**values)
+
+
+def _typed(field: str, hint: Any, value: Any) -> Any:
+    """Check a scalar against its annotation (int, float, str, bool, optional)."""
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
+    if value is None:
+        if optional:
+            return None
+        fail(field, value, f"must be a {base.__name__}, not null")
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        return value
+    if base is bool and isinstance(value, bool):
+        return value
+    fail(field, value, f"must be a {base.__name__}{' or null' if optional else ''}")
+
+
+def _objectives(raw: Any) -> tuple[Objective, ...]:
+    raw = raw or ["accuracy:max", "latency_ms:min"]
+    if isinstance(raw, str) or not isinstance(raw, list):
+        fail("objectives", raw, "must be a list like [accuracy:max, latency_ms:min]")
+    out = []
+    for item in raw:
+        metric, _, direction = str(item).partition(":")
+        if metric not in OBJECTIVES or direction not in ("max", "min"):
+            fail("objectives", item, f"each must be METRIC:max|min with METRIC in "
+                                     f"{list(OBJECTIVES)}")
+        if metric in [o.metric for o in out]:
+            fail("objectives", item, "each metric may appear once")
+        out.append(Objective(metric, direction))
+    return tuple(out)
+
+
+def _constraints(raw: Any) -> tuple[Constraint, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        fail("constraints", raw, "must be a list like ['latency_ms <= 5']")
+    out = []
+    for item in raw:
+        m = _CONSTRAINT.match(str(item))
+        if not m or m.group(1) not in METRICS:
+            fail("constraints", item, f"each must be 'METRIC OP NUMBER' with METRIC in "
+                                      f"{list(METRICS)} and OP in <=, >=, <, >")
+        out.append(Constraint(m.group(1), m.group(2), float(m.group(3))))
+    return tuple(out)
+
+
+def _space(raw: Any, img_size: int) -> SpaceSpec:
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping) or "name" not in raw:
+        fail("space", raw, f"must be a mapping with a name from {search_spaces.names()}")
+    extra = set(raw) - {"name", "dims"}
+    if extra:
+        key = sorted(extra)[0]
+        fail(f"space.{key}", raw[key], "unknown key; allowed keys: ['name', 'dims']")
+    if raw["name"] not in search_spaces.names():
+        fail("space.name", raw["name"], f"allowed: {search_spaces.names()}")
+    space = search_spaces.get(raw["name"])
+    given = raw.get("dims") or {}
+    if not isinstance(given, Mapping):
+        fail("space.dims", given, "must be a mapping of dimension: value | list | range")
+    if "img_size" in given:
+        fail("space.dims.img_size", given["img_size"], "set data.img_size instead")
+    dims: dict[str, Dim] = {"img_size": Fixed(img_size)}
+    for key, value in given.items():
+        if key not in space.dims:
+            fail(f"space.dims.{key}", value, f"unknown dimension; allowed: {sorted(space.dims)}")
+        try:
+            dims[key] = narrow(key, space.dims[key], value)
+        except ConfigError as err:
+            raise SpecError(str(err)) from None
+    try:
+        space.check_dims({**space.dims, **dims})
+    except ConfigError as err:
+        raise SpecError(f"space.dims: {err}") from None
+    return SpaceSpec(name=space.name, dims=dims)
+
+
+def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
+    """Validate a spec given as a mapping (e.g. parsed YAML) into a :class:`SearchSpec`."""
+    if not isinstance(raw, Mapping):
+        fail("spec", raw, "must be a YAML mapping")
+    for key in raw:
+        if key not in _TOP:
+            fail(key, raw[key], f"unknown key; allowed keys: {sorted(_TOP)}")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        fail("name", name, "must be a name of letters, digits, '_', '.', '-'")
+    sections = {k: _section(cls, raw.get(k), k) for k, cls in _SECTIONS.items()}
+    top = {k: _typed(k, hint, raw[k]) for k, hint in
+           (("trials", int), ("concurrent_trials", int), ("scheduler", str),
+            ("results_dir", str), ("ray_address", str | None)) if k in raw}
+    _at_least("trials", top.get("trials", 8), 1)
+    _at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
+    if top.get("scheduler", "none") not in ("none", "asha"):
+        fail("scheduler", top["scheduler"], "allowed: none, asha")
+    objectives = _objectives(raw.get("objectives"))
+    if top.get("scheduler") == "asha" and "accuracy" not in [o.metric for o in objectives]:
+        fail("scheduler", "asha", "needs accuracy among the objectives (it stops on accuracy)")
+    if sections["latency"].device == "cuda" and sections["resources"].gpus <= 0:
+        fail("latency.device", "cuda", "needs resources.gpus > 0")
+    space = _space(raw.get("space", "efficientvit"), sections["data"].resolved_img_size)
+    return SearchSpec(name=name, space=space, objectives=objectives,
+                      constraints=_constraints(raw.get("constraints")), raw=dict(raw),
+                      **sections, **top)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw spec mapping."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            fail("--set", item, "must be KEY=VALUE, e.g. train.epochs=3")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                fail(f"--set {key}", text, f"{part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(text)
+    return raw
+
+
+def load(path: str | Path, overrides: list[str] | None = None, **top: Any) -> SearchSpec:
+    """Read a YAML spec file, apply ``--set`` overrides and top-level values, validate."""
+    path = Path(path)
+    if not path.is_file():
+        fail("spec", str(path), "no such file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        fail("spec", str(path), f"is not valid YAML{where}")
+    if not isinstance(raw, dict):
+        fail("spec", str(path), "must hold a YAML mapping")
+    raw = apply_overrides(raw, overrides or [])
+    raw.update({k: v for k, v in top.items() if v is not None})
+    return from_dict(raw)
+
+
+def to_yaml(spec: SearchSpec) -> str:
+    """The resolved spec as YAML (defaults filled in), as written into the study folder."""
+    out: dict[str, Any] = {"name": spec.name}
+    out["space"] = {"name": spec.space.name,
+                    "dims": {k: d.to_spec() for k, d in spec.space.dims.items()
+                             if k != "img_size"}}  # img_size comes from data.img_size
+    for key in _SECTIONS:
+        out[key] = dataclasses.asdict(getattr(spec, key))
+    out["objectives"] = [o.label for o in spec.objectives]
+    out["constraints"] = [str(c) for c in spec.constraints]
+    for key in ("trials", "concurrent_trials", "scheduler", "results_dir", "ray_address"):
+        out[key] = getattr(spec, key)
+    return yaml.safe_dump(_plain(out), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,108 @@
+"""The Ray Tune trainable: one candidate's config -> build -> measure -> fit -> report.
+
+It lives in a package module (not a script) so that Ray workers import it, and with it the
+torchvision compatibility shim, by name.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+from safetensors.torch import save_file
+
+import search_spaces
+from trainers.data import load_data
+from trainers.loop import FitSettings, fit
+from trainers.measure import count_macs, count_params, measure_latency
+
+from .gate import MeasurementGate
+from .spec import SearchSpec
+
+WEIGHTS = "model.safetensors"
+CANDIDATE = "candidate.json"
+INPUT = "input.json"
+
+
+class GatedData:
+    """The candidate's data, with every training step held inside the measurement gate."""
+
+    def __init__(self, data: Any, gate: MeasurementGate) -> None:
+        self._data, self._gate = data, gate
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+    def train_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        for batch in self._data.train_batches(*args, **kwargs):
+            with self._gate.training_step():  # held while the loop works on this batch
+                yield batch
+
+
+def load_spec_data(spec: SearchSpec, device: str = "cpu") -> Any:
+    d = spec.data
+    return load_data(d.name, img_size=d.resolved_img_size, train_size=d.train_size,
+                     val_size=d.val_size, seed=d.seed, device=device, data_dir=d.data_dir)
+
+
+def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
+                  gate: MeasurementGate) -> dict[str, Any]:
+    """Params, MACs and latency of ``model`` (latency on an otherwise idle machine)."""
+    lat = spec.latency
+    with gate.measurement():
+        latency = measure_latency(
+            model, input_shape=input_shape, batch_size=lat.batch_size, device=lat.device,
+            dtype=getattr(torch, lat.dtype), threads=lat.threads, warmup=lat.warmup,
+            repeats=lat.repeats, rounds=lat.rounds)
+    prov = {f"prov_{k}": v for k, v in latency.provenance.items()}
+    return {"params": count_params(model), "macs": count_macs(model, input_shape),
+            "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms,
+            "latency_spread": latency.spread, **prov}
+
+
+def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
+    """Ray Tune function trainable: reports once per epoch, checkpoints the final weights."""
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    space = search_spaces.get(spec.space.name)
+    candidate = space.config_from_dict(config["candidate"])
+    device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
+    data = load_spec_data(spec, device)
+    torch.manual_seed(spec.train.seed)
+    model = space.build(candidate, num_classes=data.num_classes, in_chans=data.in_chans)
+    gate = MeasurementGate()
+    costs = measure_costs(model, spec, (data.in_chans, data.img_size, data.img_size), gate)
+    model.to(device)
+    t = spec.train
+    settings = FitSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                           weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs,
+                           label_smoothing=t.label_smoothing, clip_grad=t.clip_grad,
+                           seed=t.seed, device=device)
+
+    def report(metrics: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            save_checkpoint(Path(folder), model, config["candidate"], input_info(data))
+            tune.report({**metrics, **costs, "trial": config["trial"]},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fit(model, GatedData(data, gate), settings, report=report)
+    gate.close()
+
+
+def input_info(data: Any) -> dict[str, Any]:
+    """What the model expects as input: size, channels, normalisation, class names."""
+    return {"img_size": data.img_size, "in_chans": data.in_chans, "mean": list(data.mean),
+            "std": list(data.std), "num_classes": data.num_classes,
+            "class_names": list(data.class_names), "dataset": data.describe().get("name")}
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, candidate: dict[str, Any],
+                    inputs: dict[str, Any]) -> None:
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    (folder / CANDIDATE).write_text(json.dumps(candidate, sort_keys=True))
+    (folder / INPUT).write_text(json.dumps(inputs, sort_keys=True))

@@ -1,0 +1,17 @@
+"""What can be built: frozen configs -> ``nn.Module``, one family per module.
+
+Imports neither ray nor optuna. ``get(name)`` returns a :class:`SearchSpace`; ``names()``
+lists them.
+"""
+
+from __future__ import annotations
+
+from . import (  # noqa: F401  (register the families)
+    _compat,  # noqa: F401  (before timm: see _compat's docstring)
+    efficientvit,
+    vit,
+)
+from .config import Config, ConfigError
+from .registry import SearchSpace, get, names
+
+__all__ = ["Config", "ConfigError", "SearchSpace", "get", "names"]

@@ -1,0 +1,82 @@
+"""Frozen, validated, JSON-round-tripping configs: the base of every family's config."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A config value breaks a rule. The message names the field, the value and the rule."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """Base for family configs: ``@dataclass(frozen=True, kw_only=True)`` of primitives/tuples.
+
+    Subclasses validate in ``__post_init__`` (call :meth:`check`) and may define ``KIND`` (the
+    family name) so that a stored dict says which family it belongs to.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls: type[C], text: str) -> C:
+        return cls.from_dict(json.loads(text))
+
+    def key(self) -> str:
+        """A stable 12-hex-digit hash of the config's content (same config, same key)."""
+        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+def check(ok: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(hint: Any, value: Any) -> Any:
+    """Turn JSON values back into the annotated type: lists -> tuples, ints -> floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(args[0], value) if len(args) == 1 else value
+    if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        inner = args[0] if args else Any
+        return tuple(_coerce(inner, v) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

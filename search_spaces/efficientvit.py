@@ -1,0 +1,365 @@
+"""EfficientViT: Memory Efficient Vision Transformer with Cascaded Group Attention.
+
+Liu, Peng, Zheng, Yang, Hu, Yuan; CVPR 2023. https://arxiv.org/abs/2305.07027
+(the MSRA EfficientViT, timm's ``efficientvit_m0``..``m5``; not MIT's multi-scale linear one).
+
+A hierarchical ViT of "sandwich" blocks: DW+FFN pairs around one cascaded group attention
+(CGA) in 7x7 windows, with conv stem, BatchNorm and ReLU throughout. Module names follow the
+official code's parameter layout (so timm's checkpoints load with ``load_state_dict``).
+
+Generalisations searched here, each reducing to the paper at its default:
+- ``stem_stride`` 4/8/16: the stem keeps its four 3x3 convs; only the first log2(stride) of
+  them have stride 2 (small inputs such as 28x28 then still give a few tokens).
+- ``sandwich``: DW+FFN pairs on each side of the attention (paper: 1, i.e. FFN:MHSA = 2:1).
+  The DW+FFN pairs around each PatchMerging stay single.
+- ``v_ratio``: value dim per head = round(v_ratio * width / heads) (paper: 1.0); see
+  :class:`~search_spaces.layers.cga.CascadedGroupAttention` for the cascade when it differs.
+- ``ffn_ratio``: hidden width of every FFN, those around PatchMerging included (paper: 2.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from timm.layers import SqueezeExcite
+from torch import nn
+
+from .config import Config, ConfigError, check
+from .dims import Choice, Dim, Fixed, IntRange, TrialLike
+from .layers.cga import WindowedCGA
+from .layers.conv import ConvBN, Residual, depthwise_residual, ffn_residual
+from .registry import SearchSpace, register
+
+KIND = "efficientvit"
+STEM_STRIDES = (4, 8, 16)
+MAX_STAGES = 4
+
+
+# ---------------------------------------------------------------------------------- blocks
+def stem(in_chans: int, dim: int, stride: int) -> nn.Sequential:
+    """Four 3x3 ConvBN (widths dim/8, dim/4, dim/2, dim), ReLU between; log2(stride) of them
+    (the first ones) have stride 2."""
+    widths = (in_chans, dim // 8, dim // 4, dim // 2, dim)
+    n_down = stride.bit_length() - 1
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for i in range(4):
+        s = 2 if i < n_down else 1
+        layers[f"conv{i + 1}"] = ConvBN(widths[i], widths[i + 1], 3, stride=s)
+        if i < 3:
+            layers[f"relu{i + 1}"] = nn.ReLU(inplace=True)
+    return nn.Sequential(layers)
+
+
+class PatchMerging(nn.Module):
+    """x2 downsampling: 1x1 to 4x width, ReLU, DW 3x3 stride 2, squeeze-excite, ReLU, 1x1."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        hidden = 4 * dim
+        self.conv1 = ConvBN(dim, hidden)
+        self.act = nn.ReLU(inplace=True)
+        self.conv2 = ConvBN(hidden, hidden, 3, stride=2, groups=hidden)
+        self.se = SqueezeExcite(hidden, rd_ratio=0.25)
+        self.conv3 = ConvBN(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.act(self.se(self.act(self.conv2(self.act(self.conv1(x)))))))
+
+
+def ffn_hidden(dim: int, ffn_ratio: float) -> int:
+    return round(dim * ffn_ratio)
+
+
+class EfficientViTBlock(nn.Sequential):
+    """Sandwich block: ``sandwich`` x (Residual DW, Residual FFN), Residual windowed CGA, then
+    ``sandwich`` x (Residual DW, Residual FFN). Children ``dw{i}``, ``ffn{i}`` are numbered in
+    forward order through the block, around ``mixer`` (the paper's names at ``sandwich=1``)."""
+
+    def __init__(self, dim: int, *, key_dim: int, num_heads: int, value_dim: int,
+                 ffn_ratio: float, sandwich: int, resolution: int, window_size: int,
+                 kernels: Sequence[int]) -> None:
+        mixer = Residual(WindowedCGA(dim, key_dim=key_dim, num_heads=num_heads,
+                                     value_dim=value_dim, resolution=resolution,
+                                     window_size=window_size, kernels=kernels))
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        for i in range(2 * sandwich):
+            if i == sandwich:
+                layers["mixer"] = mixer
+            # zero-init last BN: every residual branch of the block starts as the identity
+            layers[f"dw{i}"] = depthwise_residual(dim, bn_weight_init=0.0)
+            layers[f"ffn{i}"] = ffn_residual(dim, ffn_hidden(dim, ffn_ratio))
+        layers.setdefault("mixer", mixer)  # sandwich == 0: the attention alone
+        super().__init__(layers)
+
+
+def downsample(in_dim: int, out_dim: int, ffn_ratio: float) -> nn.Sequential:
+    """Residual DW + FFN at the old width, PatchMerging, Residual DW + FFN at the new width."""
+
+    def pair(dim: int) -> nn.Sequential:
+        return nn.Sequential(depthwise_residual(dim),
+                             ffn_residual(dim, ffn_hidden(dim, ffn_ratio)))
+
+    return nn.Sequential(OrderedDict(
+        res1=pair(in_dim), patchmerge=PatchMerging(in_dim, out_dim), res2=pair(out_dim)))
+
+
+def stage_resolutions(img_size: int, stem_stride: int, num_stages: int) -> tuple[int, ...]:
+    """Token-map side of each stage (each stride-2 3x3 conv maps r to ceil(r / 2))."""
+    r = img_size
+    for _ in range(stem_stride.bit_length() - 1):
+        r = (r - 1) // 2 + 1
+    sides = [r]
+    for _ in range(num_stages - 1):
+        sides.append((sides[-1] - 1) // 2 + 1)
+    return tuple(sides)
+
+
+# ----------------------------------------------------------------------------------- model
+class EfficientViT(nn.Module):
+    """Stem -> stages (stage i > 0 starts with :func:`downsample`) -> avg pool -> BN + Linear.
+
+    ``forward`` returns logits (B, num_classes). Inputs of another size than ``img_size``
+    work too (windows pad); ``img_size`` only sets each stage's window (<= its resolution).
+    """
+
+    def __init__(self, *, in_chans: int, num_classes: int, img_size: int, stem_stride: int,
+                 embed_dims: Sequence[int], depths: Sequence[int], num_heads: Sequence[int],
+                 key_dim: int, value_dims: Sequence[int], ffn_ratio: float, sandwich: int,
+                 kernels: Sequence[int], window_size: int) -> None:
+        super().__init__()
+        self.patch_embed = stem(in_chans, embed_dims[0], stem_stride)
+        sides = stage_resolutions(img_size, stem_stride, len(embed_dims))
+        stages = []
+        for i, dim in enumerate(embed_dims):
+            blocks = [EfficientViTBlock(dim, key_dim=key_dim, num_heads=num_heads[i],
+                                        value_dim=value_dims[i], ffn_ratio=ffn_ratio,
+                                        sandwich=sandwich, resolution=sides[i],
+                                        window_size=window_size, kernels=kernels)
+                      for _ in range(depths[i])]
+            down = downsample(embed_dims[i - 1], dim, ffn_ratio) if i else nn.Identity()
+            stages.append(nn.Sequential(OrderedDict(downsample=down,
+                                                    blocks=nn.Sequential(*blocks))))
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(OrderedDict(bn=nn.BatchNorm1d(embed_dims[-1]),
+                                              linear=nn.Linear(embed_dims[-1], num_classes)))
+        nn.init.trunc_normal_(self.head.linear.weight, std=0.02)
+        nn.init.zeros_(self.head.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # channels-last: oneDNN's convs are faster on it, and the attention's token views of
+        # q/k/v (B, H*W, C) then need no copies
+        x = self.stages(self.patch_embed(x.contiguous(memory_format=torch.channels_last)))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+# -------------------------------------------------------------------------- config + presets
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    check(_is_int(value) and value >= 1, f"`{name}`={value!r} must be a positive integer")
+
+
+def value_dim(width: int, heads: int, v_ratio: float) -> int:
+    """V dim per head: round(v_ratio * width / heads) (the paper: the chunk width)."""
+    return round(v_ratio * width / heads)
+
+
+def _check_stage(i: int, width: int, heads: int, v_ratio: float, ffn_ratio: float) -> None:
+    """The rules that tie one stage's width and heads to the global ratios."""
+    _check_positive_int(f"embed_dims[{i}]", width)
+    _check_positive_int(f"num_heads[{i}]", heads)
+    check(width % heads == 0, f"`num_heads[{i}]`={heads} must divide `embed_dims[{i}]`={width}")
+    v = value_dim(width, heads, v_ratio)
+    check(v >= 1, f"`v_ratio`={v_ratio} gives value dim round({v_ratio} * {width} / {heads})="
+                  f"{v} per head at stage {i}; it must be >= 1")
+    hidden = ffn_hidden(width, ffn_ratio)
+    check(hidden >= 1, f"`ffn_ratio`={ffn_ratio} gives FFN hidden width {hidden} at stage {i};"
+                       " it must be >= 1")
+    if i == 0:
+        check(width % 8 == 0, f"`embed_dims[0]`={width} must be a multiple of 8 (the stem "
+                              "widths are embed_dims[0] / 8, / 4, / 2)")
+
+
+def _check_kernels(kernels: tuple[int, ...], max_heads: int) -> None:
+    for i, k in enumerate(kernels):
+        check(_is_int(k) and k >= 1 and k % 2 == 1,
+              f"`kernels[{i}]`={k!r} must be a positive odd integer")
+    check(len(kernels) >= max_heads, f"`kernels` has {len(kernels)} entries; it needs at least "
+                                     f"max(`num_heads`)={max_heads} (one per head)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EfficientViTConfig(Config):
+    """One EfficientViT architecture. Per-stage tuples have one entry per stage (1 to 4)."""
+
+    KIND: ClassVar[str] = "efficientvit"
+
+    img_size: int = 224
+    stem_stride: int = 16  # 4, 8 or 16: the number of stride-2 convs of the stem is log2
+    embed_dims: tuple[int, ...] = (64, 128, 192)
+    depths: tuple[int, ...] = (1, 2, 3)
+    num_heads: tuple[int, ...] = (4, 4, 4)
+    key_dim: int = 16  # Q and K dim per head
+    v_ratio: float = 1.0  # V dim per head = round(v_ratio * width / heads)
+    ffn_ratio: float = 2.0
+    sandwich: int = 1  # DW+FFN pairs on each side of the attention: FFN blocks per attention
+    kernels: tuple[int, ...] = (5, 5, 5, 5)  # per-head kernel of the depthwise conv on Q
+    window_size: int = 7
+
+    def __post_init__(self) -> None:
+        for name in ("embed_dims", "depths", "num_heads", "kernels"):
+            value = getattr(self, name)
+            check(isinstance(value, tuple), f"`{name}`={value!r} must be a tuple")
+        for name in ("img_size", "key_dim", "window_size"):
+            _check_positive_int(name, getattr(self, name))
+        check(self.stem_stride in STEM_STRIDES,
+              f"`stem_stride`={self.stem_stride!r} must be one of {STEM_STRIDES}")
+        n = len(self.embed_dims)
+        check(1 <= n <= MAX_STAGES, f"`embed_dims`={self.embed_dims} must have 1 to "
+                                    f"{MAX_STAGES} entries (one per stage)")
+        for name in ("depths", "num_heads"):
+            m = len(getattr(self, name))
+            check(m == n, f"`{name}` has {m} entries but `embed_dims` has {n}: give one per stage")
+        for name in ("v_ratio", "ffn_ratio"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                  f"`{name}`={value!r} must be a number > 0")
+        check(_is_int(self.sandwich) and self.sandwich >= 0,
+              f"`sandwich`={self.sandwich!r} must be an integer >= 0")
+        for i in range(n):
+            _check_positive_int(f"depths[{i}]", self.depths[i])
+            _check_stage(i, self.embed_dims[i], self.num_heads[i], self.v_ratio, self.ffn_ratio)
+        _check_kernels(self.kernels, max(self.num_heads))
+
+    def value_dims(self) -> tuple[int, ...]:
+        pairs = zip(self.embed_dims, self.num_heads, strict=True)
+        return tuple(value_dim(w, h, self.v_ratio) for w, h in pairs)
+
+    def resolutions(self) -> tuple[int, ...]:
+        return stage_resolutions(self.img_size, self.stem_stride, len(self.embed_dims))
+
+
+def _preset(embed_dims: tuple[int, ...], depths: tuple[int, ...], num_heads: tuple[int, ...],
+            kernels: tuple[int, ...]) -> EfficientViTConfig:
+    return EfficientViTConfig(embed_dims=embed_dims, depths=depths, num_heads=num_heads,
+                              kernels=kernels)
+
+
+# The paper's M0..M5 (Table 9 / timm), at 224x224, key_dim 16, window 7.
+PRESETS: dict[str, EfficientViTConfig] = {
+    "m0": _preset((64, 128, 192), (1, 2, 3), (4, 4, 4), (5, 5, 5, 5)),
+    "m1": _preset((128, 144, 192), (1, 2, 3), (2, 3, 3), (7, 5, 3, 3)),
+    "m2": _preset((128, 192, 224), (1, 2, 3), (4, 3, 2), (7, 5, 3, 3)),
+    "m3": _preset((128, 240, 320), (1, 2, 3), (4, 3, 4), (5, 5, 5, 5)),
+    "m4": _preset((128, 256, 384), (1, 2, 3), (4, 4, 4), (7, 5, 3, 3)),
+    "m5": _preset((192, 288, 384), (1, 3, 4), (3, 3, 4), (7, 5, 3, 3)),
+}
+
+
+# ------------------------------------------------------------------------------------ dims
+# Widths are multiples of 16 and heads divide 4, so every draw validates. Kernel tuples are
+# strings ("7,5,3,3") because Optuna's storages only keep scalar categorical choices.
+WIDTHS = (16, 32, 48, 64, 96, 128, 144, 160, 192, 224, 240, 256, 288, 320, 384)
+DIMS: dict[str, Dim] = {
+    "img_size": Fixed(224),
+    "stem_stride": Choice(STEM_STRIDES),
+    "num_stages": Choice((1, 2, 3, 4)),
+    **{f"width_{k}": Choice(WIDTHS) for k in range(1, MAX_STAGES + 1)},
+    **{f"depth_{k}": IntRange(1, 4) for k in range(1, MAX_STAGES + 1)},
+    **{f"heads_{k}": Choice((1, 2, 4)) for k in range(1, MAX_STAGES + 1)},
+    "key_dim": Choice((8, 16, 32)),
+    "v_ratio": Choice((0.5, 1.0)),
+    "ffn_ratio": Choice((2.0, 3.0, 4.0)),
+    "sandwich": Choice((1, 2)),
+    "kernels": Choice(("5,5,5,5", "7,5,3,3", "3,3,3,3")),
+    "window_size": Choice((4, 7)),
+}
+
+
+def parse_kernels(value: str | Sequence[int]) -> tuple[int, ...]:
+    """``"7,5,3,3"`` (a ``kernels`` choice) -> ``(7, 5, 3, 3)``; tuples pass through."""
+    if isinstance(value, str):
+        return tuple(int(k) for k in value.split(","))
+    return tuple(value)
+
+
+def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> EfficientViTConfig:
+    """Draw one config, define-by-run: per-stage knobs ``*_k`` only for k <= num_stages."""
+
+    def draw(name: str) -> Any:
+        return dims[name].suggest(trial, name)
+
+    stages = range(1, draw("num_stages") + 1)
+    return EfficientViTConfig(
+        img_size=draw("img_size"),
+        stem_stride=draw("stem_stride"),
+        embed_dims=tuple(draw(f"width_{k}") for k in stages),
+        depths=tuple(draw(f"depth_{k}") for k in stages),
+        num_heads=tuple(draw(f"heads_{k}") for k in stages),
+        key_dim=draw("key_dim"),
+        v_ratio=draw("v_ratio"),
+        ffn_ratio=draw("ffn_ratio"),
+        sandwich=draw("sandwich"),
+        kernels=parse_kernels(draw("kernels")),
+        window_size=draw("window_size"),
+    )
+
+
+def check_dims(dims: Mapping[str, Dim]) -> None:
+    """Raise ConfigError if some draw from ``dims`` (over :data:`DIMS`) would not validate.
+
+    Checks every value of each knob and, for the rules that tie knobs together (heads divide
+    widths, value dims >= 1, enough kernels for the most heads), every combination that meets.
+    Any image size works: the stem's stride-2 convs round up, so no stage has fewer than 1x1.
+    """
+    d = {**DIMS, **dims}
+
+    def values(name: str) -> tuple[Any, ...]:
+        return d[name].values()
+
+    stages = range(1, max(values("num_stages")) + 1)
+    max_heads = max(max(values(f"heads_{k}")) for k in stages)
+    try:
+        for img_size, stride in itertools.product(values("img_size"), values("stem_stride")):
+            EfficientViTConfig(img_size=img_size, stem_stride=stride, embed_dims=(64,),
+                               depths=(1,), num_heads=(1,), kernels=(3,))
+        for kernels in values("kernels"):
+            _check_kernels(parse_kernels(kernels), max_heads)
+        for k in stages:
+            for w, h, vr, fr in itertools.product(values(f"width_{k}"), values(f"heads_{k}"),
+                                                  values("v_ratio"), values("ffn_ratio")):
+                _check_stage(k - 1, w, h, vr, fr)
+    except ConfigError as err:
+        raise ConfigError(f"space.dims of {KIND!r} can draw an invalid config: {err}") from None
+
+
+# ----------------------------------------------------------------------------------- build
+def build(config: EfficientViTConfig, *, num_classes: int, in_chans: int = 3) -> EfficientViT:
+    return EfficientViT(
+        in_chans=in_chans, num_classes=num_classes, img_size=config.img_size,
+        stem_stride=config.stem_stride, embed_dims=config.embed_dims, depths=config.depths,
+        num_heads=config.num_heads, key_dim=config.key_dim, value_dims=config.value_dims(),
+        ffn_ratio=config.ffn_ratio, sandwich=config.sandwich, kernels=config.kernels,
+        window_size=config.window_size,
+    )
+
+
+register(SearchSpace(
+    name=KIND,
+    config_cls=EfficientViTConfig,
+    presets=PRESETS,
+    dims=DIMS,
+    suggest_fn=suggest,
+    build_fn=build,
+    check_fn=check_dims,
+    description="EfficientViT (MSRA, CVPR 2023): hierarchical sandwich blocks with cascaded "
+                "group attention in windows; presets m0..m5",
+))

@@ -1,0 +1,110 @@
+"""Self-attention over tokens (B, N, dim) with per-head Q/K width and V width chosen apart.
+
+Two kinds:
+
+- ``"mhsa"``: standard multi-head self-attention. One ``qkv`` Linear (with bias) produces, in
+  this order, all heads' queries (heads x qk_dim), keys (heads x qk_dim) and values
+  (heads x v_dim); ``proj`` maps heads x v_dim back to dim. With qk_dim == v_dim == dim / heads
+  this is exactly timm's ``Attention`` layout (same names, shapes and channel order).
+- ``"cga"``: cascaded group attention (EfficientViT, Liu et al. CVPR 2023) applied to a token
+  sequence. The input channels are split into ``num_heads`` chunks; head i reads chunk i plus
+  the output of head i-1, has its own Linear to q, k (qk_dim each) and v (dim / heads: the
+  cascade adds a head's output to the next head's input, so the value width is the split);
+  head outputs are concatenated and projected back by ``proj``. Unlike EfficientViT's
+  convolutional version there is no depthwise conv on q, no relative-position bias and no ReLU
+  before ``proj``: tokens here carry a class token and an absolute position embedding.
+
+Both take ``forward(x, mask=None)``. ``mask`` is boolean, True = keep, and is either a key mask
+(B, N) (the tokens that may be attended to, e.g. not yet halted or not gated off), a query-key
+mask (B, N, N), or a per-head mask (B, heads, N, N). Masked tokens still produce outputs as
+queries; callers decide what to do with them. Every query must keep at least one key (keep
+the class token), otherwise its softmax is undefined.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_KINDS = ("mhsa", "cga")
+
+
+def sdpa_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A keep-mask (B, N), (B, N, N) or (B, H, N, N) as a 4-d boolean mask for SDPA."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        raise TypeError(f"attention mask must be boolean (True = keep), got {mask.dtype}")
+    if mask.dim() == 2:
+        return mask[:, None, None, :]
+    if mask.dim() == 3:
+        return mask[:, None]
+    if mask.dim() == 4:
+        return mask
+    raise ValueError(f"attention mask must have 2, 3 or 4 dims, got shape {tuple(mask.shape)}")
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention; ``qk_dim``/``v_dim`` are per head (None = dim // heads)."""
+
+    def __init__(self, dim: int, num_heads: int, *, qk_dim: int | None = None,
+                 v_dim: int | None = None) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.qk_dim = dim // num_heads if qk_dim is None else qk_dim
+        self.v_dim = dim // num_heads if v_dim is None else v_dim
+        self.qkv = nn.Linear(dim, num_heads * (2 * self.qk_dim + self.v_dim))
+        self.proj = nn.Linear(num_heads * self.v_dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, _ = x.shape
+        h, qk, v = self.num_heads, self.qk_dim, self.v_dim
+        q, k, val = self.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
+        q = q.view(b, n, h, qk).transpose(1, 2)
+        k = k.view(b, n, h, qk).transpose(1, 2)
+        val = val.view(b, n, h, v).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, val, attn_mask=sdpa_mask(mask))
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * v))
+
+
+class CascadedGroupAttention(nn.Module):
+    """Cascaded group attention on tokens (see the module docstring); needs heads | dim."""
+
+    def __init__(self, dim: int, num_heads: int, *, qk_dim: int | None = None) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"cga: num_heads={num_heads} must divide dim={dim}")
+        self.num_heads = num_heads
+        self.split = dim // num_heads
+        self.qk_dim = self.split if qk_dim is None else qk_dim
+        self.qkvs = nn.ModuleList(
+            nn.Linear(self.split, 2 * self.qk_dim + self.split) for _ in range(num_heads)
+        )
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        m = sdpa_mask(mask)
+        chunks = x.chunk(self.num_heads, dim=-1)
+        outs: list[torch.Tensor] = []
+        for i, qkv in enumerate(self.qkvs):
+            inp = chunks[i] if i == 0 else chunks[i] + outs[-1]
+            q, k, v = qkv(inp).unsqueeze(1).split([self.qk_dim, self.qk_dim, self.split], -1)
+            head_mask = m[:, i:i + 1] if m is not None and m.shape[1] > 1 else m
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=head_mask)
+            outs.append(out.squeeze(1))
+        return self.proj(torch.cat(outs, dim=-1))
+
+
+def build_attention(kind: str, dim: int, num_heads: int, *, qk_dim: int | None = None,
+                    v_dim: int | None = None) -> nn.Module:
+    """The attention of ``kind`` (one of ATTENTION_KINDS). For ``"cga"`` the value width is
+    the input split dim // heads, so ``v_dim`` must be None or equal to it."""
+    if kind == "mhsa":
+        return MultiHeadAttention(dim, num_heads, qk_dim=qk_dim, v_dim=v_dim)
+    if kind == "cga":
+        if v_dim is not None and v_dim != dim // num_heads:
+            raise ValueError(f"cga: v_dim={v_dim} must be None or dim // num_heads "
+                             f"= {dim // num_heads} (the cascade adds outputs to inputs)")
+        return CascadedGroupAttention(dim, num_heads, qk_dim=qk_dim)
+    raise ValueError(f"attention kind {kind!r} is not known; allowed: {ATTENTION_KINDS}")

@@ -1,0 +1,307 @@
+"""Isotropic vision transformer (ViT / DeiT) with EfficientViT block options.
+
+- "An Image is Worth 16x16 Words: Transformers for Image Recognition at Scale",
+  Dosovitskiy et al., ICLR 2021, https://arxiv.org/abs/2010.11929
+- "Training data-efficient image transformers & distillation through attention",
+  Touvron et al., ICML 2021, https://arxiv.org/abs/2012.12877
+
+Patch embedding (a stride-``patch`` conv), a class token, a learned absolute position
+embedding over 1 + N tokens, ``depth`` pre-norm blocks, a final LayerNorm and a Linear head on
+the class token. Module names follow timm's ``VisionTransformer``, so the ``deit_tiny`` and
+``deit_small`` presets have timm's parameter counts and load timm's state dicts unchanged.
+
+Search options beyond DeiT (PAPERS.md section 1): per-head Q/K and V widths, cascaded group
+attention (``attn="cga"``) and the "sandwich" layout (``sandwich=k``: k extra FFN sub-blocks
+before each attention, raising the FFN share of the network as EfficientViT found useful).
+Token policies (A-ViT halting, AdaViT gates) will wrap the block loop: blocks take
+``forward(x, mask=None)`` and expose their two residual branches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .config import Config, ConfigError, check
+from .dims import Choice, Dim, Fixed, IntRange, TrialLike
+from .layers.attention import ATTENTION_KINDS, build_attention
+from .layers.mlp import Mlp
+from .registry import SearchSpace, register
+
+TOKEN_POLICIES = ("static",)
+LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon
+
+
+# ---------------------------------------------------------------------------------- blocks
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens: (B, C, H, W) -> (B, H/p * W/p, dim)."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class FFNBlock(nn.Module):
+    """A residual FFN sub-block: x + mlp(norm(x)) (the extra FFNs of a sandwich block)."""
+
+    def __init__(self, dim: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp = Mlp(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
+
+
+class Block(nn.Module):
+    """``sandwich`` FFN sub-blocks, then x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    With ``sandwich=0`` this is timm's pre-norm ViT block (same parameter names). The two
+    residual branches are separate methods so that a gating policy can scale them.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, qk_dim: int | None, v_dim: int | None,
+                 mlp_ratio: float, attn: str, sandwich: int) -> None:
+        super().__init__()
+        self.pre_ffns = nn.ModuleList(FFNBlock(dim, mlp_ratio) for _ in range(sandwich))
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.attn = build_attention(attn, dim, num_heads, qk_dim=qk_dim, v_dim=v_dim)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.mlp = Mlp(dim, mlp_ratio)
+
+    def attn_branch(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attn(self.norm1(x), mask)
+
+    def mlp_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for ffn in self.pre_ffns:
+            x = ffn(x)
+        x = x + self.attn_branch(x, mask)
+        return x + self.mlp_branch(x)
+
+
+# ----------------------------------------------------------------------------------- model
+class VisionTransformer(nn.Module):
+    """Class-token ViT: ``embed`` -> blocks -> ``forward_head``; ``forward`` returns logits."""
+
+    def __init__(self, *, img_size: int, patch_size: int, in_chans: int, num_classes: int,
+                 embed_dim: int, depth: int, num_heads: int, qk_dim: int | None,
+                 v_dim: int | None, mlp_ratio: float, attn: str, sandwich: int) -> None:
+        super().__init__()
+        num_patches = (img_size // patch_size) ** 2
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(dim=embed_dim, num_heads=num_heads, qk_dim=qk_dim, v_dim=v_dim,
+                  mlp_ratio=mlp_ratio, attn=attn, sandwich=sandwich)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
+        self.head = nn.Linear(embed_dim, num_classes)
+        init_weights(self)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> tokens (B, 1 + N, dim), class token first."""
+        tokens = self.patch_embed(x)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1) + self.pos_embed
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits from the class token (LayerNorm acts per token: norming it alone suffices)."""
+        return self.head(self.norm(tokens[:, 0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.forward_head(tokens)
+
+
+def init_weights(model: nn.Module, std: float = 0.02) -> None:
+    """Truncated normal (std, cut at 2 std) for Linear weights, position and class tokens;
+    zero biases; LayerNorm ones/zeros. The patch conv keeps PyTorch's init (as timm does)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    for name in ("pos_embed", "cls_token"):
+        param = getattr(model, name, None)
+        if isinstance(param, nn.Parameter):
+            nn.init.trunc_normal_(param, std=std, a=-2 * std, b=2 * std)
+
+
+# -------------------------------------------------------------------------- config, presets
+_INT_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "sandwich")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViTConfig(Config):
+    """One isotropic ViT. ``qk_dim``/``v_dim`` are per head; None means embed_dim // num_heads.
+
+    ``attn="cga"`` uses the input split embed_dim // num_heads as its value width, so v_dim
+    must then be None or equal to it. ``sandwich=k`` puts k extra (LayerNorm + MLP) residual
+    sub-blocks before the attention of every block (0 = the standard ViT block); each block
+    then has one attention and k + 1 FFNs. ``token_policy`` is "static" (every token passes
+    every block); halting and gating policies are later additions.
+    """
+
+    KIND: ClassVar[str] = "vit"
+
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    qk_dim: int | None = None
+    v_dim: int | None = None
+    mlp_ratio: float = 4.0
+    attn: str = "mhsa"
+    sandwich: int = 0
+    token_policy: str = "static"
+
+    def __post_init__(self) -> None:
+        for name in _INT_FIELDS:
+            _check_int(name, getattr(self, name), minimum=0 if name == "sandwich" else 1)
+        for name in ("qk_dim", "v_dim"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        check(isinstance(self.mlp_ratio, (int, float)) and not isinstance(self.mlp_ratio, bool)
+              and self.mlp_ratio > 0, f"`mlp_ratio`={self.mlp_ratio!r} must be a number > 0")
+        object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))  # 4 and 4.0: one key
+        self._check_relations()
+
+    def _check_relations(self) -> None:
+        check(self.img_size % self.patch_size == 0,
+              f"`patch_size`={self.patch_size} must divide `img_size`={self.img_size}")
+        check(self.embed_dim % self.num_heads == 0,
+              f"`num_heads`={self.num_heads} must divide `embed_dim`={self.embed_dim}")
+        check(int(self.embed_dim * self.mlp_ratio) >= 1,
+              f"`mlp_ratio`={self.mlp_ratio} times `embed_dim`={self.embed_dim} must be >= 1")
+        check(self.attn in ATTENTION_KINDS,
+              f"`attn`={self.attn!r} is not known; allowed: {list(ATTENTION_KINDS)}")
+        split = self.embed_dim // self.num_heads
+        check(self.attn != "cga" or self.v_dim in (None, split),
+              f"`v_dim`={self.v_dim} must be None or `embed_dim` // `num_heads`={split} "
+              f"when `attn`='cga' (each head's output is added to the next head's input)")
+        check(self.token_policy in TOKEN_POLICIES,
+              f"`token_policy`={self.token_policy!r} is not known; allowed: "
+              f"{list(TOKEN_POLICIES)}")
+
+
+def _check_int(name: str, value: object, *, minimum: int) -> None:
+    check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+          f"`{name}`={value!r} must be an integer >= {minimum}")
+
+
+PRESETS: dict[str, ViTConfig] = {
+    "deit_tiny": ViTConfig(embed_dim=192, depth=12, num_heads=3),
+    "deit_small": ViTConfig(embed_dim=384, depth=12, num_heads=6),
+}
+
+
+# ------------------------------------------------------------------------------------ dims
+# Every width is a multiple of 12, so every head count divides every width; every patch size
+# divides 224. v_dim None means embed_dim // num_heads; it is drawn only for attn="mhsa".
+DIMS: dict[str, Dim] = {
+    "img_size": Fixed(224),
+    "patch_size": Choice((2, 4, 7, 8, 14, 16)),
+    "embed_dim": Choice((48, 96, 144, 192, 240, 288, 384)),
+    "depth": IntRange(2, 12),
+    "num_heads": Choice((1, 2, 3, 4, 6)),
+    "qk_dim": Choice((8, 16, 32, 64)),
+    "v_dim": Choice((None, 16, 32, 64)),
+    "mlp_ratio": Choice((2.0, 3.0, 4.0)),
+    "attn": Choice(("mhsa", "cga")),
+    "sandwich": Choice((0, 1)),
+    "token_policy": Fixed("static"),
+}
+
+
+def check_dims(dims: Mapping[str, Dim]) -> None:
+    """Raise ConfigError naming the dimension if some draw from ``dims`` (merged over DIMS)
+    would be an invalid config: a patch size not dividing an image size, a head count not
+    dividing a width, or a value that breaks a rule of its own field."""
+    unknown = sorted(set(dims) - set(DIMS))
+    if unknown:
+        raise ConfigError(f"space.dims: {unknown} are not dimensions of 'vit'; "
+                          f"known: {sorted(DIMS)}")
+    merged = {**DIMS, **dims}
+    _check_divides(merged, "patch_size", "img_size")
+    _check_divides(merged, "num_heads", "embed_dim")
+    base = {name: dim.values()[0] for name, dim in merged.items()}
+    for name, dim in merged.items():
+        for value in dim.values():
+            values = {**base, name: value}
+            if name == "v_dim":
+                values["attn"] = "mhsa"  # v_dim is drawn only for mhsa
+            elif values["attn"] != "mhsa":
+                values["v_dim"] = None
+            try:
+                ViTConfig(**values)
+            except ConfigError as err:
+                raise ConfigError(f"space.dims.{name}: value {value!r} gives an invalid "
+                                  f"config: {err}") from None
+
+
+def _check_divides(dims: Mapping[str, Dim], small: str, big: str) -> None:
+    for b in dims[big].values():
+        for s in dims[small].values():
+            if not isinstance(s, int) or not isinstance(b, int) or s < 1 or b % s:
+                raise ConfigError(f"space.dims.{small}: {s!r} does not divide {big}={b!r}; "
+                                  f"every {small} choice must divide every {big} choice")
+
+
+# --------------------------------------------------------------------------- suggest, build
+def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> ViTConfig:
+    """Draw one config; ``v_dim`` is a conditional knob, drawn only when attn is "mhsa"."""
+    attn = dims["attn"].suggest(trial, "attn")
+    return ViTConfig(
+        img_size=dims["img_size"].suggest(trial, "img_size"),
+        patch_size=dims["patch_size"].suggest(trial, "patch_size"),
+        embed_dim=dims["embed_dim"].suggest(trial, "embed_dim"),
+        depth=dims["depth"].suggest(trial, "depth"),
+        num_heads=dims["num_heads"].suggest(trial, "num_heads"),
+        qk_dim=dims["qk_dim"].suggest(trial, "qk_dim"),
+        v_dim=dims["v_dim"].suggest(trial, "v_dim") if attn == "mhsa" else None,
+        mlp_ratio=dims["mlp_ratio"].suggest(trial, "mlp_ratio"),
+        attn=attn,
+        sandwich=dims["sandwich"].suggest(trial, "sandwich"),
+        token_policy=dims["token_policy"].suggest(trial, "token_policy"),
+    )
+
+
+def build(config: ViTConfig, *, num_classes: int, in_chans: int = 3) -> VisionTransformer:
+    check(num_classes >= 1, f"`num_classes`={num_classes} must be >= 1")
+    check(in_chans >= 1, f"`in_chans`={in_chans} must be >= 1")
+    return VisionTransformer(
+        img_size=config.img_size, patch_size=config.patch_size, in_chans=in_chans,
+        num_classes=num_classes, embed_dim=config.embed_dim, depth=config.depth,
+        num_heads=config.num_heads, qk_dim=config.qk_dim, v_dim=config.v_dim,
+        mlp_ratio=config.mlp_ratio, attn=config.attn, sandwich=config.sandwich,
+    )
+
+
+register(SearchSpace(
+    name="vit",
+    config_cls=ViTConfig,
+    presets=PRESETS,
+    dims=DIMS,
+    suggest_fn=suggest,
+    build_fn=build,
+    check_fn=check_dims,
+    description="Isotropic ViT/DeiT (class token, learned positions) with per-head Q/K and V "
+                "widths, MHSA or cascaded group attention, and sandwich FFN blocks.",
+))

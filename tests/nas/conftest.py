@@ -1,0 +1,32 @@
+"""One real search, shared by the end-to-end tests: `nas search` in a subprocess, real local
+Ray, real Optuna SQLite storage, real Fashion-MNIST (a small subset, one epoch)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--set", "trials=3", "--set", "concurrent_trials=2", "--set", "data.train_size=300",
+        "--set", "data.val_size=100", "--set", "train.epochs=1", "--set", "train.batch_size=50",
+        "--set", "latency.repeats=3", "--set", "latency.rounds=2",
+        "--set", "space.dims.num_stages=2", "--set", "sampler.population_size=2"]
+
+
+def nas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("study")
+    proc = nas("search", str(ROOT / "configs" / "quick.yaml"), "--name", "tiny",
+               "--results-dir", str(work), *TINY, cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work / "tiny", proc

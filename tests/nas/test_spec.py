@@ -1,0 +1,139 @@
+"""Spec validation: every rule gets a bad value, and the message names field and value."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from nas import spec as specs
+from nas.spec import SpecError
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ROOT / "configs" / "quick.yaml"
+
+
+def base() -> dict:
+    import yaml
+    return yaml.safe_load(QUICK.read_text())
+
+
+def with_value(path: str, value) -> dict:
+    raw = copy.deepcopy(base())
+    node = raw
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return raw
+
+
+def test_quick_spec_is_valid():
+    spec = specs.load(QUICK)
+    assert spec.name == "quick"
+    assert spec.metric_names == ["accuracy", "latency_ms"] and spec.modes == ["max", "min"]
+    assert spec.space.dims["img_size"].value == 28  # from data.img_size's native default
+    assert spec.trials >= 8
+
+
+def test_realistic_cluster_spec_is_valid():
+    spec = specs.load(ROOT / "configs" / "imagenet_cluster.yaml")
+    assert spec.data.name.startswith("folder:") and spec.resources.gpus == 1
+    assert spec.latency.device == "cuda" and spec.scheduler == "asha"
+    assert str(spec.constraints[0]) == "latency_ms <= 5"
+
+
+BAD = [
+    ("name", "bad name!", "name"),
+    ("trials", 0, "trials"),
+    ("trials", "many", "trials"),
+    ("concurrent_trials", 0, "concurrent_trials"),
+    ("scheduler", "hyperband", "scheduler"),
+    ("surprise", 1, "surprise"),
+    ("data.name", "mnist", "data.name"),
+    ("data.train_size", 3, "data.train_size"),
+    ("data.val_size", 0, "data.val_size"),
+    ("data.img_size", 2, "data.img_size"),
+    ("data.colour", True, "data.colour"),
+    ("train.epochs", 0, "train.epochs"),
+    ("train.epochs", 1.5, "train.epochs"),
+    ("train.batch_size", 0, "train.batch_size"),
+    ("train.lr", 0, "train.lr"),
+    ("train.weight_decay", -1, "train.weight_decay"),
+    ("train.warmup_epochs", 5, "train.warmup_epochs"),
+    ("train.label_smoothing", 1.0, "train.label_smoothing"),
+    ("train.clip_grad", 0, "train.clip_grad"),
+    ("sampler.name", "cmaes", "sampler.name"),
+    ("sampler.population_size", 1, "sampler.population_size"),
+    ("resources.cpus", 0, "resources.cpus"),
+    ("resources.gpus", -1, "resources.gpus"),
+    ("latency.device", "tpu", "latency.device"),
+    ("latency.device", "cuda", "latency.device"),  # needs resources.gpus > 0
+    ("latency.dtype", "int8", "latency.dtype"),
+    ("latency.batch_size", 0, "latency.batch_size"),
+    ("latency.threads", 0, "latency.threads"),
+    ("latency.warmup", -1, "latency.warmup"),
+    ("objectives", ["accuracy:up"], "objectives"),
+    ("objectives", ["accuracy:max", "accuracy:max"], "objectives"),
+    ("objectives", "accuracy:max", "objectives"),
+    ("constraints", ["latency_ms =< 5"], "constraints"),
+    ("constraints", ["speed <= 5"], "constraints"),
+    ("space.name", "resnet", "space.name"),
+    ("space.dims.width_1", [17], "space.dims.width_1"),
+    ("space.dims.depth_2", {"low": 0, "high": 9}, "space.dims.depth_2"),
+    ("space.dims.colour", 3, "space.dims.colour"),
+    ("space.dims.img_size", 32, "space.dims.img_size"),
+    ("space.extra", 1, "space.extra"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "field"), BAD, ids=[f"{p}={v}" for p, v, _ in BAD])
+def test_bad_value_names_field_and_value(path, value, field):
+    with pytest.raises(SpecError) as err:
+        specs.from_dict(with_value(path, value))
+    message = str(err.value)
+    assert message.startswith(field), message
+    assert "\n" not in message
+
+
+def test_asha_needs_accuracy_objective():
+    raw = with_value("scheduler", "asha")
+    raw["objectives"] = ["latency_ms:min", "params:min"]
+    with pytest.raises(SpecError, match="^scheduler"):
+        specs.from_dict(raw)
+
+
+def test_overrides_apply_and_parse_yaml_values(tmp_path):
+    spec = specs.load(QUICK, ["train.epochs=3", "space.dims.width_1=[32, 48]",
+                              "constraints=['latency_ms <= 2']"], name="other")
+    assert spec.train.epochs == 3 and spec.name == "other"
+    assert spec.space.dims["width_1"].options == (32, 48)
+    assert spec.constraints[0].bound == 2.0
+    with pytest.raises(SpecError, match="^--set"):
+        specs.load(QUICK, ["train.epochs"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        specs.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML at line"):
+        specs.load(bad)
+
+
+def test_resolved_spec_round_trips_through_yaml(tmp_path):
+    spec = specs.load(QUICK)
+    again = tmp_path / "spec.yaml"
+    again.write_text(specs.to_yaml(spec))
+    reloaded = specs.load(again)
+    assert reloaded.space.dims == spec.space.dims
+    assert reloaded.train == spec.train and reloaded.objectives == spec.objectives
+
+
+def test_constraint_violation_follows_optuna_convention():
+    c = specs.Constraint("latency_ms", "<=", 5.0)
+    assert c.violation(4.0) == 0.0 and c.violation(5.0) == 0.0
+    assert c.violation(7.5) == pytest.approx(2.5)
+    assert specs.Constraint("accuracy", ">", 0.5).violation(0.5) > 0

@@ -1,0 +1,101 @@
+"""Parameters, MACs and latency: numbers computed by hand, provenance recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.measure import (
+    count_macs,
+    count_params,
+    describe_device,
+    measure_latency,
+)
+
+
+def test_count_params_matches_the_hand_sum() -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    assert count_params(model) == 3 * 4 + 4 + 4 * 2 + 2 == 26
+
+
+def test_count_params_counts_a_shared_parameter_once() -> None:
+    shared = nn.Linear(5, 5, bias=False)
+    assert count_params(nn.Sequential(shared, shared)) == 25
+
+
+def test_macs_of_linear_and_conv_match_the_hand_count() -> None:
+    assert count_macs(nn.Linear(8, 16), (8,)) == 8 * 16 == 128
+    padded = nn.Conv2d(3, 4, kernel_size=3, padding=1)
+    assert count_macs(padded, (3, 5, 5)) == 3 * 4 * 3 * 3 * (5 * 5) == 2700
+    strided = nn.Conv2d(2, 6, kernel_size=3, stride=2)  # 9x9 -> 4x4
+    assert count_macs(strided, (2, 9, 9)) == 2 * 6 * 3 * 3 * (4 * 4) == 1728
+    grouped = nn.Conv2d(4, 4, kernel_size=3, padding=1, groups=4)  # depthwise
+    assert count_macs(grouped, (4, 6, 6)) == 4 * 3 * 3 * (6 * 6) == 1296
+
+
+class Attention(nn.Module):
+    """Two heads; 5 queries attend to 7 learned memory tokens; Dqk = 4, Dv = 3 per head."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.fused = fused
+        self.q, self.k, self.v = nn.Linear(6, 8), nn.Linear(6, 8), nn.Linear(6, 6)
+        self.memory = nn.Parameter(torch.randn(7, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = x.shape
+        q = self.q(x).view(batch, length, 2, 4).transpose(1, 2)
+        k = self.k(self.memory).view(1, 7, 2, 4).transpose(1, 2).expand(batch, -1, -1, -1)
+        v = self.v(self.memory).view(1, 7, 2, 3).transpose(1, 2).expand(batch, -1, -1, -1)
+        if self.fused:
+            return F.scaled_dot_product_attention(q, k, v)
+        attn = (q @ k.transpose(-2, -1) * 0.5).softmax(dim=-1)
+        return attn @ v
+
+
+def test_fused_attention_is_counted_like_the_unfused_reference() -> None:
+    projections = 5 * 6 * 8 + 7 * 6 * 8 + 7 * 6 * 6
+    attention = 1 * 2 * 5 * 7 * 4 + 1 * 2 * 5 * 7 * 3  # B*H*Lq*Lk*Dqk + B*H*Lq*Lk*Dv
+    unfused = count_macs(Attention(fused=False), (5, 6))
+    fused = count_macs(Attention(fused=True), (5, 6))
+    assert unfused == projections + attention == 1318
+    assert fused == unfused
+
+
+def test_count_macs_restores_the_training_mode() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
+    count_macs(model, (4,))
+    assert model.training
+
+
+def test_latency_is_sane_restores_threads_and_records_provenance() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10)).train()
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1
+    latency = measure_latency(model, input_shape=(3, 4, 4), batch_size=8, threads=threads,
+                              dtype=torch.float64, warmup=2, repeats=5, rounds=3)  # fmt: skip
+    assert torch.get_num_threads() == before
+    assert 0 < latency.median_ms <= latency.p90_ms and latency.mean_ms > 0
+    assert latency.spread >= 0
+    assert latency.images_per_s == pytest.approx(8 * 1000 / latency.median_ms)
+    provenance = latency.provenance
+    for key in ("device", "torch", "batch_size", "threads", "dtype", "warmup", "repeats"):
+        assert key in provenance
+    assert (provenance["batch_size"], provenance["threads"]) == (8, threads)
+    assert (provenance["dtype"], provenance["repeats"]) == ("float64", 5)
+    assert provenance["torch"] == torch.__version__
+    as_dict = latency.to_dict()
+    assert as_dict["median_ms"] == latency.median_ms and "images_per_s" in as_dict
+    assert model.training and next(model.parameters()).dtype == torch.float32  # a copy ran
+
+
+def test_latency_rejects_nonsense_counts() -> None:
+    with pytest.raises(ValueError, match="`repeats`"):
+        measure_latency(nn.Linear(2, 2), input_shape=(2,), repeats=0)
+
+
+def test_describe_device_names_the_cpu() -> None:
+    name = describe_device("cpu")
+    assert isinstance(name, str) and name.strip() and name != "cpu"

@@ -1,0 +1,417 @@
+"""Datasets by name: ``fashion-mnist``, ``digits``, ``folder:PATH`` and ``synthetic``.
+
+Train and validation are carved from the TRAINING set (seeded, stratified), so a search never
+sees the test split; the test split is loaded only on request (``load_test=True``) for final
+reporting. Small datasets live as tensors on the training device at their native resolution and
+dtype; resizing (bilinear) and normalisation happen per batch on the device, so models receive
+normalised inputs and memory does not grow with ``img_size``. ``folder:PATH`` trees are read
+with PIL through timm's transforms and a torch DataLoader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import math
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from search_spaces.config import Config, check
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Samples = list[tuple[str, int]]
+
+FASHION_MNIST_ENV = "VITNAS_FASHION_MNIST"
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+NAMES = ("fashion-mnist", "digits", "synthetic", "folder:PATH")
+MAX_DEFAULT_VAL = 5000  # val_size=None takes 10% of the training pool, at most this many
+SYNTHETIC_DEFAULTS = {"train_size": 512, "val_size": 128, "img_size": 16}
+DIGITS_TEST_FRACTION = 0.2  # sklearn's digits has no test split: a fixed, seed-independent one
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DataSettings(Config):
+    """Which data, how much of it, at what resolution, on which device.
+
+    ``train_size``/``val_size``/``test_size`` of None mean: all that is left / 10% of the
+    training pool (at most 5000) / the whole test split (``synthetic``: 512 / 128 / val_size).
+    ``in_chans`` and ``num_classes`` apply only to ``synthetic`` (default 3 and 10; other
+    datasets fix them); ``num_workers`` only to ``folder:PATH``.
+    """
+
+    name: str
+    img_size: int | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    test_size: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    data_dir: str | None = None
+    load_test: bool = False
+    num_workers: int = 0
+    in_chans: int | None = None
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        known = self.name in NAMES[:3] or (self.name.startswith("folder:") and self.name[7:])
+        check(bool(known), f"`name` must be one of {list(NAMES)}, got name={self.name!r}")
+        for field in ("img_size", "train_size", "val_size", "test_size", "in_chans"):
+            value = getattr(self, field)
+            check(value is None or value >= 1, f"`{field}` must be >= 1, got {field}={value}")
+        for field, low in (("seed", 0), ("num_workers", 0), ("num_classes", 2)):
+            value = getattr(self, field)
+            check(value is None or value >= low, f"`{field}` must be >= {low}, got {value}")
+        for field in ("in_chans", "num_classes"):
+            check(
+                getattr(self, field) is None or self.name == "synthetic",
+                f"`{field}` is only configurable for name='synthetic', got name={self.name!r}",
+            )
+
+
+class Split(Protocol):
+    """One split of a dataset: its size and its batches (normalised, on the device)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self, batch_size: int, *, shuffle_seed: int | None, drop_last: bool
+    ) -> Iterator[Batch]: ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Data:
+    """A loaded dataset: splits plus what export and provenance need (mean/std, class names)."""
+
+    settings: DataSettings
+    num_classes: int
+    in_chans: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split | None = None
+
+    def train_steps(self, batch_size: int) -> int:
+        """Optimizer steps per epoch: an incomplete last batch is dropped unless it is alone."""
+        return max(len(self.train) // batch_size, 1)
+
+    def train_batches(self, batch_size: int, *, epoch: int, seed: int) -> Iterator[Batch]:
+        """Shuffled batches; the order depends only on (seed, epoch)."""
+        shuffle_seed = mix_seeds(seed, epoch)
+        return self.train.batches(batch_size, shuffle_seed=shuffle_seed, drop_last=True)
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        return self.val.batches(batch_size, shuffle_seed=None, drop_last=False)
+
+    def test_batches(self, batch_size: int) -> Iterator[Batch]:
+        if self.test is None:
+            name = self.settings.name
+            raise RuntimeError(f"the test split of {name!r} was not loaded: pass load_test=True")
+        return self.test.batches(batch_size, shuffle_seed=None, drop_last=False)
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: what was loaded, how much, and how it was normalised (JSON-friendly)."""
+        return {
+            "name": self.settings.name,
+            "seed": self.settings.seed,
+            "train_size": len(self.train),
+            "val_size": len(self.val),
+            "test_size": None if self.test is None else len(self.test),
+            "img_size": self.img_size,
+            "in_chans": self.in_chans,
+            "num_classes": self.num_classes,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "class_names": list(self.class_names),
+        }
+
+
+def load_data(spec: DataSettings | str, **options: Any) -> Data:
+    """Load a dataset: ``load_data("digits", img_size=16)`` or ``load_data(DataSettings(...))``."""
+    if isinstance(spec, DataSettings):
+        if options:
+            raise TypeError(f"pass options inside the DataSettings, not as {sorted(options)}")
+        settings = spec
+    else:
+        settings = DataSettings(name=spec, **options)
+    if settings.name.startswith("folder:"):
+        from .folder import folder_data  # PIL, timm transforms and a DataLoader: only here
+        return folder_data(settings)
+    if settings.name == "synthetic":  # its pool is generated: its sizes must be known first
+        d = SYNTHETIC_DEFAULTS
+        sizes = {k: getattr(settings, k) or d[k] for k in ("train_size", "val_size")}
+        settings = settings.replace(**sizes)
+    pools = {"fashion-mnist": _fashion_mnist, "digits": _digits, "synthetic": _synthetic}
+    train_pool, test_pool, class_names = pools[settings.name](settings)
+    return _tensor_data(settings, train_pool, test_pool, class_names)
+
+
+# --- splitting and batching ------------------------------------------------------------------
+
+
+def mix_seeds(*values: int) -> int:
+    """One 32-bit seed from several integers, free of the collisions of ``seed * K + epoch``."""
+    return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded permutation of indices whose every prefix holds each class in proportion.
+
+    Each index is ranked by its position within its class (in a seeded shuffle) divided by the
+    class size; sorting by that rank interleaves the classes evenly.
+    """
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    shuffled = labels[perm]
+    rank = np.empty(len(labels))
+    for c in np.unique(shuffled):
+        mask = shuffled == c
+        rank[mask] = (np.arange(mask.sum()) + 0.5) / mask.sum()
+    return perm[np.argsort(rank, kind="stable")]
+
+
+def split_indices(
+    labels: np.ndarray, *, train_size: int | None, val_size: int | None, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint, sorted (train, val) indices into the training pool, stratified and seeded."""
+    pool = len(labels)
+    n_val = val_size if val_size is not None else min(max(pool // 10, 1), MAX_DEFAULT_VAL)
+    check(n_val < pool, f"`val_size` must be < the training pool ({pool}), got val_size={n_val}")
+    n_train = train_size if train_size is not None else pool - n_val
+    check(
+        n_train <= pool - n_val,
+        f"`train_size` must be <= training pool - val_size = {pool - n_val}, got {n_train}",
+    )
+    order = stratified_order(labels, seed)
+    return np.sort(order[n_val : n_val + n_train]), np.sort(order[:n_val])
+
+
+def subset_indices(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified, seeded subset of ``size`` (all when None or larger)."""
+    if size is None or size >= len(labels):
+        return np.arange(len(labels))
+    return np.sort(stratified_order(labels, seed)[:size])
+
+
+def index_batches(
+    n: int, batch_size: int, *, shuffle_seed: int | None, drop_last: bool
+) -> Iterator[torch.Tensor]:
+    """CPU index tensors of batches over ``range(n)``; drop_last never drops the only batch."""
+    check(batch_size >= 1, f"`batch_size` must be >= 1, got batch_size={batch_size}")
+    if shuffle_seed is None:
+        order = torch.arange(n)
+    else:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
+# --- tensor datasets -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool:
+    """Images at native resolution (N, C, H, W), any dtype; ``scale`` maps them to [0, 1]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    scale: float = 1.0
+
+    def take(self, rows: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.from_numpy(rows)
+        return self.images[index].to(device), self.labels[index].to(device)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TensorSplit:
+    """A split held as device tensors; ``indices`` are the rows of the pool it holds."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: np.ndarray
+    prepare: Callable[[torch.Tensor], torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(
+        self, batch_size: int, *, shuffle_seed: int | None, drop_last: bool
+    ) -> Iterator[Batch]:
+        n = len(self)
+        for idx in index_batches(n, batch_size, shuffle_seed=shuffle_seed, drop_last=drop_last):
+            idx = idx.to(self.labels.device)
+            yield self.prepare(self.images[idx]), self.labels[idx]
+
+
+def _tensor_data(settings: DataSettings, train: Pool, test: Pool, names: tuple[str, ...]) -> Data:
+    """Split the training pool, take mean/std from the train split, keep splits on the device."""
+    train_idx, val_idx = split_indices(
+        train.labels.numpy(),
+        train_size=settings.train_size,
+        val_size=settings.val_size,
+        seed=settings.seed,
+    )
+    device = torch.device(settings.device)
+    pixels = train.take(train_idx, device)[0].float() * train.scale
+    mean = pixels.mean(dim=(0, 2, 3))
+    std = pixels.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-6)
+    img_size = settings.img_size or train.images.shape[-1]
+    prepare = functools.partial(
+        _prepare, scale=train.scale, size=img_size, mean=mean.view(1, -1, 1, 1),
+        std=std.view(1, -1, 1, 1),
+    )  # fmt: skip
+
+    def split(pool: Pool, rows: np.ndarray) -> TensorSplit:
+        images, labels = pool.take(rows, device)
+        return TensorSplit(images=images, labels=labels, indices=rows, prepare=prepare)
+
+    test_split = None
+    if settings.load_test:
+        test_split = split(test, subset_indices(test.labels.numpy(), settings.test_size, 0))
+    return Data(
+        settings=settings, num_classes=len(names), in_chans=train.images.shape[1],
+        img_size=img_size, mean=tuple(mean.tolist()), std=tuple(std.tolist()), class_names=names,
+        train=split(train, train_idx), val=split(train, val_idx), test=test_split,
+    )  # fmt: skip
+
+
+def _prepare(
+    x: torch.Tensor, *, scale: float, size: int, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    x = x.float() * scale
+    if x.shape[-2:] != (size, size):
+        shrink = size < max(x.shape[-2:])
+        x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=shrink)
+    return (x - mean) / std
+
+
+# --- Fashion-MNIST (IDX files) ---------------------------------------------------------------
+
+_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_FASHION_FILES = {
+    part: (f"{part}-images-idx3-ubyte", f"{part}-labels-idx1-ubyte") for part in ("train", "t10k")
+}
+
+
+@functools.lru_cache(maxsize=8)
+def read_idx(path: str) -> np.ndarray:
+    """Parse an IDX file (gzipped or raw): 2 zero bytes, dtype code, ndim, big-endian dims."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    zero, code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or code not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    dtype, count = np.dtype(_IDX_DTYPES[code]), math.prod(dims)
+    if len(raw) - 4 - 4 * ndim != count * dtype.itemsize:
+        raise ValueError(f"{path}: header says {dims} of {dtype}; the data size does not match")
+    data = np.frombuffer(raw, dtype, count=count, offset=4 + 4 * ndim).reshape(dims)
+    data.setflags(write=False)  # cached: shared by every caller
+    return data
+
+
+def find_fashion_mnist(data_dir: str | None = None) -> Path:
+    """The first folder holding the four IDX files: data_dir, $VITNAS_FASHION_MNIST, Debian's."""
+    candidates = [d for d in (data_dir, os.environ.get(FASHION_MNIST_ENV)) if d]
+    candidates.append(FASHION_MNIST_DEBIAN_DIR)
+    for folder in map(Path, candidates):
+        if all(_idx_file(folder, stem) for stems in _FASHION_FILES.values() for stem in stems):
+            return folder
+    raise FileNotFoundError(
+        "Fashion-MNIST not found: looked for train-/t10k-{images-idx3,labels-idx1}-ubyte[.gz] "
+        f"in {candidates}. Install it with `apt-get install dataset-fashion-mnist`, or pass "
+        f"data_dir=... or set {FASHION_MNIST_ENV} to a folder holding those files."
+    )
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_mnist(settings: DataSettings) -> tuple[Pool, Pool, tuple[str, ...]]:
+    folder = find_fashion_mnist(settings.data_dir)
+
+    def pool(split: str) -> Pool:
+        images, labels = (read_idx(str(_idx_file(folder, s))) for s in _FASHION_FILES[split])
+        x = torch.from_numpy(images.copy()).unsqueeze(1)  # (N, 1, 28, 28) uint8
+        return Pool(x, torch.from_numpy(labels.astype(np.int64)), scale=1 / 255)
+
+    empty = Pool(torch.empty(0, 1, 28, 28), torch.empty(0, dtype=torch.int64))
+    return pool("train"), pool("t10k") if settings.load_test else empty, FASHION_MNIST_CLASSES
+
+
+# --- scikit-learn digits and synthetic -------------------------------------------------------
+
+
+def _digits(settings: DataSettings) -> tuple[Pool, Pool, tuple[str, ...]]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)  # values 0..16
+    labels = bunch.target.astype(np.int64)
+    order = stratified_order(labels, seed=0)
+    n_test = round(len(labels) * DIGITS_TEST_FRACTION)
+
+    def pool(rows: np.ndarray) -> Pool:
+        rows = np.sort(rows)
+        return Pool(images[torch.from_numpy(rows)], torch.from_numpy(labels[rows]), 1 / 16)
+
+    return pool(order[n_test:]), pool(order[:n_test]), tuple(str(i) for i in range(10))
+
+
+def synthetic_pool(
+    n: int, *, num_classes: int, in_chans: int, img_size: int, seed: int, stream: int
+) -> Pool:
+    """``n`` images in [0, 1]: a smooth per-class pattern, shifted (circularly, up to 1/8 of
+    the side) and noised; learnable, yet a tiny MLP stays well below 100% after a few epochs.
+
+    Patterns depend on ``seed`` only, so pools drawn with another ``stream`` (the test set)
+    share them while their labels, shifts and noise differ.
+    """
+    coarse = torch.rand(num_classes, in_chans, 4, 4, generator=torch.Generator().manual_seed(seed))
+    protos = F.interpolate(coarse, (img_size, img_size), mode="bilinear", align_corners=False)
+    protos = 0.5 + 0.5 * (protos - protos.mean(dim=0, keepdim=True))
+    gen = torch.Generator().manual_seed(mix_seeds(seed, stream))
+    labels = torch.randperm(n, generator=gen) % num_classes
+    x = protos[labels] + 0.5 * torch.randn(n, in_chans, img_size, img_size, generator=gen)
+    shift = img_size // 8
+    offsets = torch.randint(-shift, shift + 1, (2, n, 1), generator=gen)
+    for dim, offset in zip((2, 3), offsets, strict=True):
+        index = (torch.arange(img_size) - offset) % img_size  # (n, img_size)
+        shape = [n, 1, 1, 1]
+        shape[dim] = img_size
+        x = x.gather(dim, index.view(shape).expand_as(x))
+    return Pool(x.clamp(0.0, 1.0), labels)
+
+
+def _synthetic(settings: DataSettings) -> tuple[Pool, Pool, tuple[str, ...]]:
+    n_train, n_val = settings.train_size, settings.val_size
+    assert n_train is not None and n_val is not None  # filled in by load_data
+    num_classes = settings.num_classes or 10
+    options = {
+        "num_classes": num_classes,
+        "in_chans": settings.in_chans or 3,
+        "img_size": settings.img_size or SYNTHETIC_DEFAULTS["img_size"],
+        "seed": settings.seed,
+    }
+    train = synthetic_pool(n_train + n_val, stream=1, **options)
+    test = synthetic_pool(settings.test_size or n_val, stream=2, **options)
+    return train, test, tuple(f"class{i}" for i in range(num_classes))

@@ -1,0 +1,185 @@
+"""Parameters, MACs (fvcore) and measured latency, with the provenance that makes it comparable.
+
+MACs count one multiply-add once (what the papers call "FLOPs", and what fvcore counts).
+Latency is measured, never derived from MACs: warm-up, many timed calls in several rounds,
+median and p90, synchronised on CUDA, and recorded with device, batch size, dtype, threads and
+torch version.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import nn
+
+SDPA_OP = "aten::scaled_dot_product_attention"
+
+
+def count_params(model: nn.Module) -> int:
+    """All parameters, trainable or not; a parameter shared by several modules counts once."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for fused attention: B*H*Lq*Lk*Dqk (q.k^T) + B*H*Lq*Lk*Dv (attn.v).
+
+    q is (..., Lq, Dqk), k (..., Lk, Dqk), v (..., Lk, Dv); the leading dims of q (batch,
+    heads) multiply both terms. Softmax and scaling are not multiply-adds and are not counted,
+    as fvcore does not count them in the unfused form either.
+    """
+    q, k, v = (get_shape(value) for value in inputs[:3])
+    lead, lq, dqk = math.prod(q[:-2]), q[-2], q[-1]
+    lk, dv = k[-2], v[-1]
+    return lead * lq * lk * dqk + lead * lq * lk * dv
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """MACs of one forward pass on ONE sample of ``input_shape`` (no batch dim: (C, H, W)).
+
+    Traced with fvcore in eval mode on a batch of 1 (the model's mode is restored), fused
+    attention counted by :func:`sdpa_macs`. Data-dependent models are counted on the path
+    that the random input takes.
+    """
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.randn(1, *input_shape, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        analysis = (
+            FlopCountAnalysis(model, (x,))
+            .set_op_handle(SDPA_OP, sdpa_macs)
+            .unsupported_ops_warnings(False)
+            .uncalled_modules_warnings(False)
+        )
+        return int(analysis.total())
+    finally:
+        model.train(was_training)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Latency:
+    """Time per batch in ms: median, p90 and mean over all timed calls of all rounds.
+
+    ``spread`` is (max - min) / median of the per-round medians: a noisy device shows here.
+    """
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    spread: float
+    batch_size: int
+    provenance: dict[str, Any]
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batch_size * 1000.0 / self.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**fields, "images_per_s": self.images_per_s, "provenance": dict(self.provenance)}
+
+
+def measure_latency(
+    model: nn.Module,
+    *,
+    input_shape: Sequence[int],
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    threads: int = 1,
+    warmup: int = 10,
+    repeats: int = 30,
+    rounds: int = 5,
+) -> Latency:
+    """Latency of a forward pass on a batch of ``batch_size`` samples of ``input_shape``.
+
+    Measures a copy moved to ``device``/``dtype`` in eval mode under inference_mode, so the
+    caller's model keeps its device, dtype and mode. ``warmup`` untimed calls, then ``rounds``
+    rounds of ``repeats`` timed calls. ``torch.set_num_threads(threads)`` holds during the
+    measurement only.
+    """
+    counts = {"batch_size": batch_size, "threads": threads, "repeats": repeats, "rounds": rounds}
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"`{name}` must be >= 1, got {name}={value}")
+    device = torch.device(device)
+    net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    x = x.to(device=device, dtype=dtype)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(max(warmup, 0)):
+                net(x)
+            times = [[_timed_call(net, x, device) for _ in range(repeats)] for _ in range(rounds)]
+    finally:
+        torch.set_num_threads(previous_threads)
+    provenance = {
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "input_shape": list(input_shape),
+        "dtype": str(dtype).removeprefix("torch."),
+        "warmup": warmup,
+        **counts,
+    }
+    return _summarise(times, batch_size=batch_size, provenance=provenance)
+
+
+def _timed_call(net: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    """Milliseconds of one forward call; CUDA is synchronised before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    net(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def _summarise(
+    rounds: list[list[float]], *, batch_size: int, provenance: dict[str, Any]
+) -> Latency:
+    flat = sorted(t for r in rounds for t in r)
+    medians = [statistics.median(r) for r in rounds]
+    median = statistics.median(flat)
+    p90 = flat[min(math.ceil(0.9 * len(flat)) - 1, len(flat) - 1)]  # nearest-rank percentile
+    return Latency(
+        median_ms=median,
+        p90_ms=p90,
+        mean_ms=statistics.fmean(flat),
+        spread=(max(medians) - min(medians)) / median,
+        batch_size=batch_size,
+        provenance=provenance,
+    )
+
+
+def describe_device(device: str | torch.device) -> str:
+    """A human name of the device: the GPU's name, or the CPU model (from /proc/cpuinfo)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        return _cpu_model()
+    return device.type
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
