@@ -113,8 +113,8 @@ def load_exported(folder: Path | str, *, verify: bool = True) -> torch.nn.Module
 
 
 def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
+    if hasattr(value, "tolist"):  # numpy scalars and arrays (parquet list columns)
+        value = value.tolist()
     if isinstance(value, float) and math.isnan(value):
         return None
     return value

@@ -8,7 +8,7 @@ errored trial as FAIL.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -16,8 +16,9 @@ from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 import search_spaces
+from search_spaces.dims import Dim
 
-from .spec import SearchSpec
+from .spec import Constraint, SearchSpec
 
 RECORDED = ("accuracy", "val_loss", "latency_ms", "latency_p90_ms", "latency_spread", "macs",
             "params", "epoch")
@@ -25,7 +26,7 @@ RECORDED = ("accuracy", "val_loss", "latency_ms", "latency_p90_ms", "latency_spr
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     s = spec.sampler
-    constraints = _constraints_func(spec) if spec.constraints else None
+    constraints = Violations(spec.constraints) if spec.constraints else None
     if s.name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=s.seed,
                                              constraints_func=constraints)
@@ -34,21 +35,29 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=s.seed)
 
 
-def _constraints_func(spec: SearchSpec):
-    def violations(trial: FrozenTrial) -> Sequence[float]:
+class Violations:
+    """Optuna constraints function: one value per constraint, <= 0 where it holds.
+
+    A class, not a closure: Ray saves the searcher (and its sampler) with pickle.
+    """
+
+    def __init__(self, constraints: Sequence[Constraint]) -> None:
+        self.constraints = tuple(constraints)
+
+    def __call__(self, trial: FrozenTrial) -> Sequence[float]:
         return [c.violation(float(trial.user_attrs.get(c.metric, float("inf"))))
-                for c in spec.constraints]
-    return violations
+                for c in self.constraints]
 
 
-def define_by_run(spec: SearchSpec):
+class DrawCandidate:
     """Optuna define-by-run function: draws a candidate; only ``trial.suggest_*`` calls."""
-    space = search_spaces.get(spec.space.name)
 
-    def suggest(trial: optuna.Trial) -> dict[str, Any]:
-        candidate = space.suggest(trial, spec.space.dims)
+    def __init__(self, space: str, dims: Mapping[str, Dim]) -> None:
+        self.space, self.dims = space, dict(dims)
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        candidate = search_spaces.get(self.space).suggest(trial, self.dims)
         return {"candidate": candidate.to_dict(), "trial": trial.number}
-    return suggest
 
 
 class StudySearcher(OptunaSearch):
@@ -67,6 +76,7 @@ class StudySearcher(OptunaSearch):
 
 
 def make_searcher(spec: SearchSpec, storage_url: str) -> StudySearcher:
-    return StudySearcher(space=define_by_run(spec), metric=spec.metric_names, mode=spec.modes,
+    return StudySearcher(space=DrawCandidate(spec.space.name, spec.space.dims),
+                         metric=spec.metric_names, mode=spec.modes,
                          sampler=make_sampler(spec), study_name=spec.name,
                          storage=optuna.storages.RDBStorage(storage_url))

@@ -24,6 +24,12 @@ def nas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
 
 
 @pytest.fixture(scope="session")
+def run_nas():
+    """``run_nas(*args, cwd=...)``: the CLI in a subprocess."""
+    return nas
+
+
+@pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path_factory.mktemp("study")
     proc = nas("search", str(ROOT / "configs" / "quick.yaml"), "--name", "tiny",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -12,10 +15,8 @@ import torch
 import nas
 from nas.results import load_results
 
-from .conftest import ROOT
-from .conftest import nas as run_nas
-
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_search_writes_the_study_layout(tiny_study):
@@ -46,7 +47,7 @@ def test_optuna_study_agrees_with_results_table(tiny_study):
     assert sorted(front["trial"]) == sorted(t.number for t in ot.best_trials)
 
 
-def test_show_and_pareto_cli(tiny_study, tmp_path):
+def test_show_and_pareto_cli(tiny_study, tmp_path, run_nas):
     study, _ = tiny_study
     shown = run_nas("show", str(study), cwd=tmp_path)
     assert shown.returncode == 0 and "3 complete" in shown.stdout
@@ -62,7 +63,7 @@ def test_show_and_pareto_cli(tiny_study, tmp_path):
     assert csv.returncode == 0 and csv.stdout.startswith("trial,accuracy,params")
 
 
-def test_export_then_reload_gives_same_logits(tiny_study, tmp_path):
+def test_export_then_reload_gives_same_logits(tiny_study, tmp_path, run_nas):
     study, _ = tiny_study
     out = tmp_path / "exported"
     proc = run_nas("export", str(study), "--trial", "1", "--out", str(out), cwd=tmp_path)
@@ -92,7 +93,7 @@ def test_export_then_reload_gives_same_logits(tiny_study, tmp_path):
         nas.load_exported(out)
 
 
-def test_user_mistakes_exit_2_with_one_line(tiny_study, tmp_path):
+def test_user_mistakes_exit_2_with_one_line(tiny_study, tmp_path, run_nas):
     study, _ = tiny_study
     cases = [
         ("search", str(ROOT / "configs" / "quick.yaml"), "--set", "train.epochs=0"),
@@ -115,11 +116,6 @@ def test_user_mistakes_exit_2_with_one_line(tiny_study, tmp_path):
 def test_import_nas_starts_no_ray(tmp_path):
     code = ("import sys, nas; nas.load_exported; nas.load_results; "
             "assert 'ray' not in sys.modules, 'ray imported'")
-    proc = run_nas_python(code, tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                          text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-
-
-def run_nas_python(code: str, cwd):
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
