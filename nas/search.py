@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
@@ -94,6 +95,9 @@ def prepare_study_dir(spec: SearchSpec) -> Path:
 
 def _start_ray(spec: SearchSpec) -> bool:
     """Connect to the spec's cluster or start a local one; True when we started it."""
+    # Trials checkpoint every epoch on purpose (final weights survive early stopping).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return False
     logging.getLogger("ray").setLevel(logging.WARNING)
