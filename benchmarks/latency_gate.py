@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -38,9 +39,9 @@ def candidate() -> torch.nn.Module:
     return space.build(cfg, num_classes=10, in_chans=1)
 
 
-def trainer(lock_dir: str | None, stop: mp.Event) -> None:
-    """Trains a candidate on random data until told to stop, one thread, like a trial."""
-    torch.set_num_threads(1)
+def trainer(lock_dir: str | None, stop: mp.Event, threads: int) -> None:
+    """Trains a candidate on random data until told to stop, like a trial."""
+    torch.set_num_threads(threads)
     model, gate = candidate(), MeasurementGate(Path(lock_dir)) if lock_dir else None
     opt = torch.optim.AdamW(model.parameters())
     x, y = torch.randn(64, *SHAPE), torch.randint(0, 10, (64,))
@@ -67,12 +68,13 @@ def measure(model: torch.nn.Module, repeats: int, gate: MeasurementGate | None) 
     return out
 
 
-def setting(model, repeats: int, busy: bool, gated: bool) -> list[float]:
+def setting(model, repeats: int, busy: int, gated: bool) -> list[float]:
+    """``busy``: threads of the process training beside the measurement (0: none)."""
     if not busy:
         return measure(model, repeats, None)
     lock_dir = tempfile.mkdtemp(prefix="vitnas-gate-") if gated else None
     stop = mp.get_context("spawn").Event()
-    proc = mp.get_context("spawn").Process(target=trainer, args=(lock_dir, stop))
+    proc = mp.get_context("spawn").Process(target=trainer, args=(lock_dir, stop, busy))
     proc.start()
     time.sleep(5)  # the trainer is importing and warming up
     try:
@@ -90,9 +92,12 @@ def main() -> None:
     model = candidate()
     rows = []
     idle = None
-    for label, busy, gated in (("idle machine", False, False),
-                               ("another process training, no gate", True, False),
-                               ("another process training, through the gate", True, True)):
+    settings = [("idle machine", 0, False)]
+    for threads in (1, 2):
+        what = f"another process training on {threads} thread{'s' * (threads > 1)}"
+        settings += [(f"{what}, no gate", threads, False),
+                     (f"{what}, through the gate", threads, True)]
+    for label, busy, gated in settings:
         times = setting(model, args.repeats, busy, gated)
         med = statistics.median(times)
         idle = idle or med
@@ -101,7 +106,9 @@ def main() -> None:
     lines = [f"EfficientViT candidate at 28x28 (64/96/128 wide), batch 16, one thread; "
              f"{args.repeats} repeated measurements per setting (each the median of 15 runs).",
              "", "| setting | median ms | min | max | spread (max-min)/median | vs idle |",
-             "|---|---|---|---|---|---|", *rows]
+             "|---|---|---|---|---|---|", *rows, "",
+             f"{os.cpu_count()} cores: with one thread each, the measurement and the trainer "
+             "each have a core; with two trainer threads the cores are oversubscribed."]
     write_table("latency_gate", header("Latency measurements beside training") + lines)
 
 
