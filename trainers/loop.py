@@ -40,6 +40,13 @@ class NonFiniteLoss(RuntimeError):
         )
         self.epoch, self.step, self.loss = epoch, step, loss
 
+    def __reduce__(self) -> tuple:  # survives pickling across processes (e.g. Ray workers)
+        return _rebuild_non_finite, (self.epoch, self.step, self.loss)
+
+
+def _rebuild_non_finite(epoch: int, step: int, loss: float) -> NonFiniteLoss:
+    return NonFiniteLoss(epoch=epoch, step=step, loss=loss)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FitSettings(Config):
