@@ -19,11 +19,13 @@ import yaml
 import search_spaces
 from search_spaces.config import ConfigError
 from search_spaces.dims import Dim, Fixed, narrow
+from trainers.data import DataSettings, native_img_size
+from trainers.loop import FitSettings
 
 METRICS = ("accuracy", "latency_ms", "latency_p90_ms", "macs", "params", "val_loss")
 OBJECTIVES = ("accuracy", "latency_ms", "macs", "params")
-DATASETS = ("fashion-mnist", "digits", "synthetic")
-NATIVE_IMG_SIZE = {"fashion-mnist": 28, "digits": 8, "synthetic": 32}
+# Keys of the trainers' settings that a trial decides for itself, not the spec.
+PER_TRIAL = {"data": ("device", "load_test"), "train": ("device",)}
 
 
 class SpecError(ValueError):
@@ -32,55 +34,6 @@ class SpecError(ValueError):
 
 def fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
     raise SpecError(f"{field} = {value!r}: {allowed}")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class DataSpec:
-    name: str = "fashion-mnist"
-    train_size: int | None = 5000
-    val_size: int = 1000
-    img_size: int | None = None
-    seed: int = 0
-    data_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if not (self.name in DATASETS or self.name.startswith("folder:")):
-            fail("data.name", self.name, f"allowed: {list(DATASETS)} or folder:PATH")
-        if self.train_size is not None and self.train_size < 10:
-            fail("data.train_size", self.train_size, "must be an integer >= 10 or null (all)")
-        if self.val_size < 10:
-            fail("data.val_size", self.val_size, "must be an integer >= 10")
-        if self.img_size is not None and not 4 <= self.img_size <= 1024:
-            fail("data.img_size", self.img_size, "must be an integer in [4, 1024] or null")
-
-    @property
-    def resolved_img_size(self) -> int:
-        return self.img_size or NATIVE_IMG_SIZE.get(self.name, 224)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainSpec:
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.1
-    clip_grad: float | None = 5.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _at_least("train.epochs", self.epochs, 1)
-        _at_least("train.batch_size", self.batch_size, 1)
-        if not 0 < self.lr <= 10:
-            fail("train.lr", self.lr, "must be a number in (0, 10]")
-        _at_least("train.weight_decay", self.weight_decay, 0)
-        if not 0 <= self.warmup_epochs < self.epochs:
-            fail("train.warmup_epochs", self.warmup_epochs, "must be >= 0 and < train.epochs")
-        if not 0 <= self.label_smoothing < 1:
-            fail("train.label_smoothing", self.label_smoothing, "must be in [0, 1)")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            fail("train.clip_grad", self.clip_grad, "must be a number > 0 or null (off)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -166,8 +119,8 @@ class SpaceSpec:
 class SearchSpec:
     name: str
     space: SpaceSpec
-    data: DataSpec
-    train: TrainSpec
+    data: DataSettings
+    train: FitSettings
     objectives: tuple[Objective, ...]
     constraints: tuple[Constraint, ...]
     sampler: SamplerSpec
@@ -202,8 +155,9 @@ def _at_least(field: str, value: float, low: float) -> None:
 
 _TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler", "latency",
         "resources", "trials", "concurrent_trials", "scheduler", "results_dir", "ray_address"}
-_SECTIONS = {"data": DataSpec, "train": TrainSpec, "sampler": SamplerSpec,
+_SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
              "latency": LatencySpec, "resources": ResourcesSpec}
+_SECTION_DEFAULTS = {"data": {"name": "fashion-mnist", "train_size": 5000, "val_size": 1000}}
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -214,13 +168,18 @@ def _section(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, Mapping):
         fail(prefix, raw, "must be a mapping of settings")
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
-    values = {}
+    known = [f.name for f in dataclasses.fields(cls) if f.name not in PER_TRIAL.get(prefix, ())]
+    values = dict(_SECTION_DEFAULTS.get(prefix, {}))
     for key, value in raw.items():
         if key not in known:
             fail(f"{prefix}.{key}", value, f"unknown key; allowed keys: {known}")
         values[key] = _typed(f"{prefix}.{key}", hints[key], value)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as err:  # the trainers' rule, said with the spec's field path
+        field = re.search(r"`(\w+)`", str(err))
+        key = field.group(1) if field else ""
+        raise SpecError(f"{prefix}.{key} = {values.get(key)!r}: {err}") from None
 
 
 def _typed(field: str, hint: Any, value: Any) -> Any:
@@ -328,7 +287,8 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
         fail("scheduler", "asha", "needs accuracy among the objectives (it stops on accuracy)")
     if sections["latency"].device == "cuda" and sections["resources"].gpus <= 0:
         fail("latency.device", "cuda", "needs resources.gpus > 0")
-    space = _space(raw.get("space", "efficientvit"), sections["data"].resolved_img_size)
+    data = sections["data"]
+    space = _space(raw.get("space", "efficientvit"), data.img_size or native_img_size(data.name))
     return SearchSpec(name=name, space=space, objectives=objectives,
                       constraints=_constraints(raw.get("constraints")), raw=dict(raw),
                       **sections, **top)
@@ -378,7 +338,8 @@ def to_yaml(spec: SearchSpec) -> str:
                     "dims": {k: d.to_spec() for k, d in spec.space.dims.items()
                              if k != "img_size"}}  # img_size comes from data.img_size
     for key in _SECTIONS:
-        out[key] = dataclasses.asdict(getattr(spec, key))
+        section = dataclasses.asdict(getattr(spec, key))
+        out[key] = {k: v for k, v in section.items() if k not in PER_TRIAL.get(key, ())}
     out["objectives"] = [o.label for o in spec.objectives]
     out["constraints"] = [str(c) for c in spec.constraints]
     for key in ("trials", "concurrent_trials", "scheduler", "results_dir", "ray_address"):

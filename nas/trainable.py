@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 import search_spaces
 from trainers.data import load_data
-from trainers.loop import FitSettings, fit
+from trainers.loop import fit
 from trainers.measure import count_macs, count_params, measure_latency
 
 from .gate import MeasurementGate
@@ -44,12 +44,6 @@ class GatedData:
                 yield batch
 
 
-def load_spec_data(spec: SearchSpec, device: str = "cpu") -> Any:
-    d = spec.data
-    return load_data(d.name, img_size=d.resolved_img_size, train_size=d.train_size,
-                     val_size=d.val_size, seed=d.seed, device=device, data_dir=d.data_dir)
-
-
 def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
                   gate: MeasurementGate) -> dict[str, Any]:
     """Params, MACs and latency of ``model`` (latency on an otherwise idle machine)."""
@@ -71,17 +65,13 @@ def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
     space = search_spaces.get(spec.space.name)
     candidate = space.config_from_dict(config["candidate"])
     device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-    data = load_spec_data(spec, device)
+    data = load_data(spec.data.replace(device=device))
     torch.manual_seed(spec.train.seed)
     model = space.build(candidate, num_classes=data.num_classes, in_chans=data.in_chans)
     gate = MeasurementGate()
     costs = measure_costs(model, spec, (data.in_chans, data.img_size, data.img_size), gate)
     model.to(device)
-    t = spec.train
-    settings = FitSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                           weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs,
-                           label_smoothing=t.label_smoothing, clip_grad=t.clip_grad,
-                           seed=t.seed, device=device)
+    settings = spec.train.replace(device=device)
 
     def report(metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:

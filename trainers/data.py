@@ -38,6 +38,13 @@ FASHION_MNIST_CLASSES = (
 NAMES = ("fashion-mnist", "digits", "synthetic", "folder:PATH")
 MAX_DEFAULT_VAL = 5000  # val_size=None takes 10% of the training pool, at most this many
 SYNTHETIC_DEFAULTS = {"train_size": 512, "val_size": 128, "img_size": 16}
+NATIVE_IMG_SIZE = {"fashion-mnist": 28, "digits": 8, "synthetic": SYNTHETIC_DEFAULTS["img_size"]}
+FOLDER_IMG_SIZE = 224  # folder:PATH default (ImageNet-style trees)
+
+
+def native_img_size(name: str) -> int:
+    """The resolution a dataset is served at when ``img_size`` is not given."""
+    return NATIVE_IMG_SIZE.get(name, FOLDER_IMG_SIZE)
 DIGITS_TEST_FRACTION = 0.2  # sklearn's digits has no test split: a fixed, seed-independent one
 
 

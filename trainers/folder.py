@@ -19,7 +19,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from search_spaces.config import check
 
-from .data import Batch, Data, DataSettings, Samples, split_indices, subset_indices
+from .data import (
+    FOLDER_IMG_SIZE,
+    Batch,
+    Data,
+    DataSettings,
+    Samples,
+    split_indices,
+    subset_indices,
+)
 
 
 class ImageFiles(Dataset):
@@ -92,7 +100,7 @@ def folder_data(settings: DataSettings) -> Data:
     else:
         val_all = train_all
         train_idx, val_idx = split_indices(_labels(train_all), **sizes)
-    img_size = settings.img_size or 224
+    img_size = settings.img_size or FOLDER_IMG_SIZE
     norm = {"mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}
     eval_tf = create_transform(img_size, is_training=False, **norm)
 

@@ -89,6 +89,11 @@ class FitSettings(Config):
             self.clip_grad is None or self.clip_grad > 0,
             f"`clip_grad` must be None or > 0, got clip_grad={self.clip_grad}",
         )
+        check(
+            self.warmup_epochs < self.epochs,
+            f"`warmup_epochs` must be < epochs={self.epochs}, got "
+            f"warmup_epochs={self.warmup_epochs}",
+        )
         check(self.amp in AMP_MODES, f"`amp` must be one of {AMP_MODES}, got amp={self.amp!r}")
         check(
             self.eval_batch_size is None or self.eval_batch_size >= 1,

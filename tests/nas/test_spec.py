@@ -52,14 +52,16 @@ BAD = [
     ("scheduler", "hyperband", "scheduler"),
     ("surprise", 1, "surprise"),
     ("data.name", "mnist", "data.name"),
-    ("data.train_size", 3, "data.train_size"),
+    ("data.train_size", 0, "data.train_size"),
+    ("data.device", "cuda", "data.device"),  # a trial picks its device
     ("data.val_size", 0, "data.val_size"),
-    ("data.img_size", 2, "data.img_size"),
+    ("data.img_size", 0, "data.img_size"),
     ("data.colour", True, "data.colour"),
     ("train.epochs", 0, "train.epochs"),
     ("train.epochs", 1.5, "train.epochs"),
     ("train.batch_size", 0, "train.batch_size"),
     ("train.lr", 0, "train.lr"),
+    ("train.min_lr", 1.0, "train.min_lr"),  # above lr
     ("train.weight_decay", -1, "train.weight_decay"),
     ("train.warmup_epochs", 5, "train.warmup_epochs"),
     ("train.label_smoothing", 1.0, "train.label_smoothing"),
