@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
 def _study_objectives(study_dir: Path) -> list[str]:
     import yaml
     spec = yaml.safe_load((study_dir / SPEC).read_text()) if (study_dir / SPEC).exists() else {}
@@ -92,7 +96,8 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, fmt:
         print(f"Pareto front of {study_dir} ({len(front)} of {len(done)} completed trials; "
               f"objectives {', '.join(o.label for o in objs)}"
               f"{'; where ' + where if where else ''})")
-        print(front[[c for c in cols if c != "config"]].to_string(index=False))
+        print(front[[c for c in cols if c != "config"]].to_string(index=False,
+                                                               float_format=_fmt))
         print(f"hypervolume {hv:.6g} (reference {', '.join(f'{r:.4g}' for r in ref)})")
     if plot is not None and len(objs) >= 2 and len(front):
         from .plot import plot_front
@@ -115,7 +120,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"study {study_dir.name}: {len(frame)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})")
     with pd.option_context("display.width", 140, "display.max_columns", 20):
-        print(frame[[c for c in SHOWN if c in frame.columns]].to_string(index=False))
+        print(frame[[c for c in SHOWN if c in frame.columns]].to_string(index=False,
+                                                                        float_format=_fmt))
     prov = [c for c in frame.columns if c.startswith("prov_")]
     if prov and len(frame):
         first = frame.iloc[0]
