@@ -12,15 +12,9 @@ import torch
 from PIL import Image
 
 from search_spaces.config import ConfigError
-from trainers import data as data_module
-from trainers.data import (
-    FASHION_MNIST_CLASSES,
-    FASHION_MNIST_ENV,
-    DataSettings,
-    load_data,
-    read_idx,
-    split_indices,
-)
+from trainers import sources
+from trainers.data import DataSettings, load_data, split_indices
+from trainers.sources import FASHION_MNIST_CLASSES, FASHION_MNIST_ENV, read_idx
 
 
 def _all(batches) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,7 +43,7 @@ def _fake_fashion(folder: Path, n_train: int = 40, n_test: int = 10) -> None:
 
 
 def test_read_idx_parses_the_real_fashion_mnist_headers() -> None:
-    folder = data_module.find_fashion_mnist()
+    folder = sources.find_fashion_mnist()
     images = read_idx(str(folder / "t10k-images-idx3-ubyte.gz"))
     labels = read_idx(str(folder / "t10k-labels-idx1-ubyte.gz"))
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
@@ -101,7 +95,7 @@ def test_fashion_mnist_search_order_data_dir_then_env(tmp_path, monkeypatch) -> 
 
 
 def test_missing_fashion_mnist_says_where_it_looked_and_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_module, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "debian"))
+    monkeypatch.setattr(sources, "FASHION_MNIST_DEBIAN_DIR", str(tmp_path / "debian"))
     monkeypatch.delenv(FASHION_MNIST_ENV, raising=False)
     with pytest.raises(FileNotFoundError) as info:
         load_data("fashion-mnist", data_dir=str(tmp_path / "nowhere"))
