@@ -30,7 +30,8 @@ INPUT = "input.json"
 
 
 class GatedData:
-    """The candidate's data, with every training step held inside the measurement gate."""
+    """The candidate's data, each training and validation step held inside the gate, so
+    another trial's latency measurement never runs beside this trial's work."""
 
     def __init__(self, data: Any, gate: MeasurementGate) -> None:
         self._data, self._gate = data, gate
@@ -38,10 +39,16 @@ class GatedData:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._data, name)
 
-    def train_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        for batch in self._data.train_batches(*args, **kwargs):
+    def _gated(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
             with self._gate.training_step():  # held while the loop works on this batch
                 yield batch
+
+    def train_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._gated(self._data.train_batches(*args, **kwargs))
+
+    def val_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._gated(self._data.val_batches(*args, **kwargs))
 
 
 def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
@@ -54,9 +61,10 @@ def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[i
             dtype=getattr(torch, lat.dtype), threads=lat.threads, warmup=lat.warmup,
             repeats=lat.repeats, rounds=lat.rounds)
     prov = {f"prov_{k}": v for k, v in latency.provenance.items()}
-    return {"params": count_params(model), "macs": count_macs(model, input_shape),
-            "latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms,
-            "latency_spread": latency.spread, **prov}
+    with gate.training_step():  # tracing for MACs is work like training: keep it apart
+        macs = count_macs(model, input_shape)
+    return {"params": count_params(model), "macs": macs, "latency_ms": latency.median_ms,
+            "latency_p90_ms": latency.p90_ms, "latency_spread": latency.spread, **prov}
 
 
 def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
@@ -65,10 +73,11 @@ def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
     space = search_spaces.get(spec.space.name)
     candidate = space.config_from_dict(config["candidate"])
     device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-    data = load_data(spec.data.replace(device=device))
-    torch.manual_seed(spec.train.seed)
-    model = space.build(candidate, num_classes=data.num_classes, in_chans=data.in_chans)
     gate = MeasurementGate()
+    with gate.training_step():  # loading and building are work too: not beside a measurement
+        data = load_data(spec.data.replace(device=device))
+        torch.manual_seed(spec.train.seed)
+        model = space.build(candidate, num_classes=data.num_classes, in_chans=data.in_chans)
     costs = measure_costs(model, spec, (data.in_chans, data.img_size, data.img_size), gate)
     model.to(device)
     settings = spec.train.replace(device=device)

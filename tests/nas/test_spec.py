@@ -139,3 +139,16 @@ def test_constraint_violation_follows_optuna_convention():
     assert c.violation(4.0) == 0.0 and c.violation(5.0) == 0.0
     assert c.violation(7.5) == pytest.approx(2.5)
     assert specs.Constraint("accuracy", ">", 0.5).violation(0.5) > 0
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_spec_is_valid(path):
+    spec = specs.load(path)
+    assert spec.trials >= 1 and spec.objectives
+
+
+def test_vit_spec_must_narrow_patch_size_to_divide_img_size():
+    raw = base()
+    raw["space"] = {"name": "vit"}
+    with pytest.raises(SpecError, match="patch_size"):
+        specs.from_dict(raw)
