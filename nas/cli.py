@@ -6,6 +6,7 @@ A user mistake prints one line ``nas: error: FIELD = VALUE: what is allowed`` an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -60,11 +61,27 @@ def _study_objectives(study_dir: Path) -> list[str]:
     return spec.get("objectives") or ["accuracy:max", "latency_ms:min"]
 
 
+def _holds_study(folder: Path) -> bool:
+    return folder.exists() and any(folder.iterdir())
+
+
+def _free_name(taken: Path) -> str:
+    """``quick`` -> ``quick-2`` (or the next number that is free)."""
+    n = 2
+    while _holds_study(taken.with_name(f"{taken.name}-{n}")):
+        n += 1
+    return f"{taken.name}-{n}"
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from . import spec as specs
     from .search import StudyExists, run_search
     path = Path(args.spec) if args.spec else DEFAULT_SPEC
     spec = specs.load(path, args.set, name=args.name, results_dir=args.results_dir)
+    if args.name is None and _holds_study(spec.study_dir):
+        name = _free_name(spec.study_dir)
+        print(f"{spec.study_dir} already holds a study: this one is {name!r}")
+        spec = dataclasses.replace(spec, name=name)
     try:
         study_dir = run_search(spec)
     except StudyExists as err:
