@@ -31,6 +31,7 @@ SCRIPT = textwrap.dedent("""
                      "val_loss": 1.0, "trial": config["trial"]})
 
     spec = specs.load(sys.argv[1], ["trials=3", "concurrent_trials=1", "name=fails",
+                                    "scheduler=asha",
                                     "results_dir=" + sys.argv[2]])
     run_search(spec, trainable=trainer)
 """)
