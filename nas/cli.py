@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
-import pandas as pd
-
+import search_spaces
 from search_spaces.config import ConfigError
 
 from .export import ExportError, export_trial
@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--trial", type=int, required=True)
     ex.add_argument("--out", required=True, help="new folder to write")
     return p
+
+
+def _summary(space: str, config_json: str) -> str:
+    fam = search_spaces.get(space)
+    return fam.summarize(fam.config_from_dict(json.loads(config_json)))
 
 
 def _fmt(value: float) -> str:
@@ -136,9 +141,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     counts = frame["status"].value_counts().to_dict()
     print(f"study {study_dir.name}: {len(frame)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})")
-    with pd.option_context("display.width", 140, "display.max_columns", 20):
-        print(frame[[c for c in SHOWN if c in frame.columns]].to_string(index=False,
-                                                                        float_format=_fmt))
+    table = frame[[c for c in SHOWN if c in frame.columns]].copy()
+    archs = [_summary(r["space"], r["config"]).split() for _, r in frame.iterrows()]
+    common = [t for t in archs[0] if all(t in a for a in archs)] if archs else []
+    table["architecture"] = [" ".join(t for t in a if t not in common) for a in archs]
+    if common:
+        print(f"every trial: {' '.join(common)}")
+    width = max([len(a) for a in table["architecture"]] + [12])
+    print(table.to_string(index=False, float_format=_fmt, justify="left",
+                          formatters={"architecture": lambda a: a.ljust(width)}))
     prov = [c for c in frame.columns if c.startswith("prov_")]
     if prov and len(frame):
         first = frame.iloc[0]
@@ -168,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nas: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `nas show ... | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -50,6 +50,17 @@ class SearchSpace:
     def config_from_dict(self, data: Mapping[str, Any]) -> Config:
         return self.config_cls.from_dict(dict(data))
 
+    def summarize(self, config: Config) -> str:
+        """What sets ``config`` apart from the family's default, e.g.
+        ``embed_dims=32/64/96 depths=1/2/2``: short enough for a table cell."""
+        base = self.config_cls().to_dict()
+        parts = []
+        for name, value in config.to_dict().items():
+            if value != base.get(name):
+                shown = "/".join(map(str, value)) if isinstance(value, list) else str(value)
+                parts.append(f"{name}={shown}")
+        return " ".join(parts) or "default"
+
 
 _SPACES: dict[str, SearchSpace] = {}
 

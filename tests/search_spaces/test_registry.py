@@ -120,3 +120,12 @@ def test_importing_search_spaces_imports_neither_ray_nor_optuna() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("name", search_spaces.names())
+def test_summarize_names_what_differs_from_the_default(name):
+    space = search_spaces.get(name)
+    default = space.config_cls()
+    assert space.summarize(default) == "default"
+    changed = default.replace(img_size=default.img_size * 2)
+    assert space.summarize(changed) == f"img_size={default.img_size * 2}"
