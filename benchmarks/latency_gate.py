@@ -42,7 +42,8 @@ def candidate() -> torch.nn.Module:
 def trainer(lock_dir: str | None, stop: mp.Event, threads: int) -> None:
     """Trains a candidate on random data until told to stop, like a trial."""
     torch.set_num_threads(threads)
-    model, gate = candidate(), MeasurementGate(Path(lock_dir)) if lock_dir else None
+    model = candidate()
+    gate = MeasurementGate(lock_dir=Path(lock_dir)) if lock_dir else None
     opt = torch.optim.AdamW(model.parameters())
     x, y = torch.randn(64, *SHAPE), torch.randint(0, 10, (64,))
     while not stop.is_set():
@@ -78,7 +79,7 @@ def setting(model, repeats: int, busy: int, gated: bool) -> list[float]:
     proc.start()
     time.sleep(5)  # the trainer is importing and warming up
     try:
-        return measure(model, repeats, MeasurementGate(Path(lock_dir)) if gated else None)
+        return measure(model, repeats, MeasurementGate(lock_dir=Path(lock_dir)) if gated else None)
     finally:
         stop.set()
         proc.join()

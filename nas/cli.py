@@ -6,29 +6,38 @@ A user mistake prints one line ``nas: error: FIELD = VALUE: what is allowed`` an
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
+import os
 import sys
+import typing
 from pathlib import Path
 
 import search_spaces
 from search_spaces.config import ConfigError
 
 from .export import ExportError, export_trial
-from .pareto import default_reference, hypervolume, pareto_front, parse_objectives
-from .results import PLOT, SPEC, ResultsError, load_results, study_paths
-from .spec import SpecError
+from .pareto import default_reference, hypervolume, pareto_front
+from .results import PLOT, SPEC, ResultsError, fmt, load_results, study_paths
+from .spec import SpecError, parse_objectives
 
-DEFAULT_SPEC = Path(__file__).resolve().parent.parent / "configs" / "quick.yaml"
+# configs/quick.yaml, shipped inside the package (a link in the source tree)
+DEFAULT_SPEC = Path(__file__).resolve().parent / "default_spec.yaml"
 USER_ERRORS = (SpecError, ConfigError, ResultsError, ExportError)
 SHOWN = ["trial", "status", "accuracy", "latency_ms", "latency_p90_ms", "macs", "params",
          "epochs", "train_time_s"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in the same one-line form as every other mistake."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"nas: error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nas", description="Architecture and budget search for "
-                                "efficient vision transformers.")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="nas", description="Architecture and budget search for efficient "
+                "vision transformers.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     s = sub.add_parser("search", help="run a search (default spec: configs/quick.yaml)")
     s.add_argument("spec", nargs="?", default=None, help="search spec YAML")
     s.add_argument("--name", help="study name (results/<name>/)")
@@ -41,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("results")
     pa.add_argument("--objectives", nargs="+", help="e.g. accuracy:max macs:min "
                     "(default: the study's)")
-    pa.add_argument("--where", help="pandas condition, e.g. 'latency_ms <= 5'")
+    pa.add_argument("--where", help="pandas condition, e.g. 'latency_ms <= 5' (added to the "
+                    "study's own constraints)")
+    pa.add_argument("--all", action="store_true", help="ignore the study's constraints")
     pa.add_argument("--format", choices=["table", "csv", "json"], default="table")
     pa.add_argument("--plot", metavar="FILE.png", help="write the front as a PNG")
     ex = sub.add_parser("export", help="export a trial: config.json + model.safetensors")
@@ -56,26 +67,10 @@ def _summary(space: str, config_json: str) -> str:
     return fam.summarize(fam.config_from_dict(json.loads(config_json)))
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def _study_objectives(study_dir: Path) -> list[str]:
+def _study_spec(study_dir: Path) -> dict:
     import yaml
-    spec = yaml.safe_load((study_dir / SPEC).read_text()) if (study_dir / SPEC).exists() else {}
-    return spec.get("objectives") or ["accuracy:max", "latency_ms:min"]
-
-
-def _holds_study(folder: Path) -> bool:
-    return folder.exists() and any(folder.iterdir())
-
-
-def _free_name(taken: Path) -> str:
-    """``quick`` -> ``quick-2`` (or the next number that is free)."""
-    n = 2
-    while _holds_study(taken.with_name(f"{taken.name}-{n}")):
-        n += 1
-    return f"{taken.name}-{n}"
+    path = study_dir / SPEC
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -83,34 +78,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .search import StudyExists, run_search
     path = Path(args.spec) if args.spec else DEFAULT_SPEC
     spec = specs.load(path, args.set, name=args.name, results_dir=args.results_dir)
-    if args.name is None and _holds_study(spec.study_dir):
-        name = _free_name(spec.study_dir)
-        print(f"{spec.study_dir} already holds a study: this one is {name!r}")
-        spec = dataclasses.replace(spec, name=name)
-    try:
-        study_dir = run_search(spec)
+    try:  # without --name, a name already taken moves on to <name>-2, -3, ...
+        study_dir = run_search(spec, auto_name=args.name is None)
     except StudyExists as err:
         raise SpecError(str(err)) from None
     print()
-    _print_front(study_dir, [o.label for o in spec.objectives], None, "table",
-                 study_dir / PLOT)
-    print(f"\nresults: {spec.study_dir}   next: nas show {spec.study_dir}   "
-          f"nas export {spec.study_dir} --trial N --out DIR")
+    frame = load_results(study_dir)
+    if not (frame["status"] == "complete").any():
+        print(f"no trial completed: see `nas show {study_dir}`", file=sys.stderr)
+        return 1
+    _print_front(study_dir, [o.label for o in spec.objectives], _constraints(study_dir),
+                 "table", study_dir / PLOT)
+    print(f"\nresults: {study_dir}   next: nas show {study_dir}   "
+          f"nas export {study_dir} --trial N --out DIR")
     return 0
 
 
-def _print_front(study_dir: Path, objectives: list[str], where: str | None, fmt: str,
+def _constraints(study_dir: Path) -> str | None:
+    """The study's own constraints as a --where condition (None if it has none)."""
+    items = _study_spec(study_dir).get("constraints") or []
+    return " and ".join(f"({c})" for c in items) or None
+
+
+def _print_front(study_dir: Path, objectives: list[str], where: str | None, style: str,
                  plot: Path | None) -> None:
     frame = load_results(study_dir)
-    objs = parse_objectives(objectives)
+    objs = parse_objectives(objectives, "--objectives")
     front = pareto_front(frame, objs, where)
     done = frame[frame["status"] == "complete"]
     cols = [c for c in ["trial", *[o.metric for o in objs], "latency_ms", "macs", "params",
                         "config"] if c in front.columns]
     cols = list(dict.fromkeys(cols))
-    if fmt == "csv":
+    if style == "csv":
         print(front[cols].to_csv(index=False), end="")
-    elif fmt == "json":
+    elif style == "json":
         print(front[cols].to_json(orient="records", indent=1))
     else:
         ref = default_reference(done, objs)
@@ -119,18 +120,21 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, fmt:
               f"objectives {', '.join(o.label for o in objs)}"
               f"{'; where ' + where if where else ''})")
         print(front[[c for c in cols if c != "config"]].to_string(index=False,
-                                                               float_format=_fmt))
+                                                               float_format=fmt))
         print(f"hypervolume {hv:.6g} (reference {', '.join(f'{r:.4g}' for r in ref)})")
     if plot is not None and len(objs) >= 2 and len(front):
         from .plot import plot_front
         plot_front(frame, front, objs, plot, title=f"{study_dir.name}: Pareto front")
-        print(f"plot: {plot}", file=sys.stderr if fmt != "table" else sys.stdout)
+        print(f"plot: {plot}", file=sys.stderr if style != "table" else sys.stdout)
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     study_dir = study_paths(args.results)
-    objectives = args.objectives or _study_objectives(study_dir)
-    _print_front(study_dir, objectives, args.where, args.format,
+    spec = _study_spec(study_dir)
+    objectives = args.objectives or spec.get("objectives") or ["accuracy:max", "latency_ms:min"]
+    conditions = [] if args.all else [_constraints(study_dir)]
+    where = " and ".join(f"({w})" for w in [*conditions, args.where] if w) or None
+    _print_front(study_dir, objectives, where, args.format,
                  Path(args.plot) if args.plot else None)
     return 0
 
@@ -148,15 +152,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     if common:
         print(f"every trial: {' '.join(common)}")
     width = max([len(a) for a in table["architecture"]] + [12])
-    print(table.to_string(index=False, float_format=_fmt, justify="left",
+    print(table.to_string(index=False, float_format=fmt, justify="left",
                           formatters={"architecture": lambda a: a.ljust(width)}))
     prov = [c for c in frame.columns if c.startswith("prov_")]
-    if prov and len(frame):
-        first = frame.iloc[0]
+    measured = frame.dropna(subset=["latency_ms"])
+    if prov and len(measured):
+        first = measured.iloc[0]
         print("latency measured on: " + ", ".join(f"{c[5:]}={first[c]}" for c in prov))
-    errors = frame[frame["status"] == "error"]
-    for _, row in errors.iterrows():
-        print(f"trial {row['trial']} error: {row['error']}")
+    for _, row in frame[frame["error"].fillna("") != ""].iterrows():
+        print(f"trial {row['trial']} {row['status']}: {row['error']}")
     return 0
 
 
@@ -179,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nas: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # e.g. `nas show ... | head`
-        sys.stderr.close()
+    except BrokenPipeError:  # e.g. `nas show ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 

@@ -53,33 +53,45 @@ def _probe(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Te
 
 
 def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str) -> Path:
-    """Write the trial's architecture, weights and metrics to ``out_dir`` (must not exist)."""
+    """Write the trial's architecture, weights and metrics to ``out_dir`` (new or empty).
+
+    All or nothing: the files are written to a staging folder beside ``out_dir`` that is
+    renamed at the end, and removed if anything fails.
+    """
     study_dir, out_dir = Path(study_dir), Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ExportError(f"--out = {str(out_dir)!r}: folder exists and is not empty")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"--out = {str(out_dir)!r}: exists and is not an empty folder")
     row = _trial_row(study_dir, trial)
     src = study_dir / TRIALS / str(trial)
-    candidate = json.loads((src / "candidate.json").read_text())
+    missing = [n for n in ("candidate.json", "input.json", WEIGHTS, "history.json")
+               if not (src / n).is_file()]
+    if missing:
+        raise ExportError(f"--trial = {trial}: its folder {src} lacks {missing}")
     inputs = json.loads((src / "input.json").read_text())
+    candidate = json.loads((src / "candidate.json").read_text())
     model = build_model(row["space"], candidate, inputs)
     model.load_state_dict(load_file(str(src / WEIGHTS)))
-    metrics = {k: _jsonable(v) for k, v in row.items() if k not in ("config",)}
+    metrics = {k: _jsonable(v) for k, v in row.items() if k != "config"}
     metrics["history"] = json.loads((src / "history.json").read_text())
     config = {"format": FORMAT_VERSION, "space": row["space"], "config": candidate,
-              "input": inputs, "source": {"study": study_dir.name, "trial": trial,
-                                          "key": row["key"]},
+              "input": inputs,
+              "source": {"study": study_dir.name, "trial": trial, "key": row["key"]},
               "provenance": {"torch": torch.__version__,
                              **{k: _jsonable(v) for k, v in row.items()
                                 if k.startswith("prov_")}}}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
-    (staging / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-    shutil.copy2(src / WEIGHTS, staging / WEIGHTS)
-    (staging / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    save_file(_probe(model, inputs), str(staging / PROBE))
-    if out_dir.exists():
-        out_dir.rmdir()
-    staging.rename(out_dir)  # all or nothing: the folder appears complete
+    try:
+        (staging / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+        shutil.copy2(src / WEIGHTS, staging / WEIGHTS)
+        (staging / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        save_file(_probe(model, inputs), str(staging / PROBE))
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out_dir
 
 

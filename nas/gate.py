@@ -1,16 +1,18 @@
 """A machine-wide gate that keeps latency measurements free of training noise.
 
-Trials that train side by side on one machine share its cores, caches and memory bandwidth:
-a latency measured while another trial trains is wrong (and varies run to run). The gate is
-a pair of ``flock`` locks in the machine's temp folder, shared by every search process on it:
+Trials that train side by side on one machine share its cores, caches and memory bandwidth
+(and, with fractional GPUs, a GPU): a latency measured while another trial trains is wrong
+(and varies run to run). The gate is a pair of ``flock`` locks in the machine's temp folder,
+shared by every search process on it, one pair per measured device ("cpu", or one per GPU):
 
 - a training step holds ``busy`` shared (many trainers at once);
 - a measurement takes ``intent`` exclusively, which stops new steps from starting, then
   ``busy`` exclusively, which waits for the steps in flight; it measures on an otherwise idle
-  machine and releases both.
+  device and releases both.
 
 The ``intent`` lock makes waiting measurements win over a stream of steps (no starvation).
-Locks die with their process, so a crashed trial never leaves the machine locked.
+Locks die with their process (and with :meth:`MeasurementGate.close`), so a crashed trial
+never leaves the machine locked.
 """
 
 from __future__ import annotations
@@ -18,22 +20,45 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
-def _lock_dir() -> Path:
-    path = Path(os.environ.get("VITNAS_LOCK_DIR", Path(tempfile.gettempdir()) / "vitnas-locks"))
+def gate_name(device: str) -> str:
+    """``"cpu"``, or the GPU a CUDA measurement runs on (as this process sees it)."""
+    if device == "cpu":
+        return "cpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "all").split(",")[0] or "all"
+    return "cuda-" + re.sub(r"[^A-Za-z0-9_-]", "_", visible)
+
+
+def _lock_dir(name: str) -> Path:
+    root = Path(os.environ.get("VITNAS_LOCK_DIR", Path(tempfile.gettempdir()) / "vitnas-locks"))
+    path = root / name
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def _open_shared(path: Path) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    with contextlib.suppress(OSError):  # another user's file: it is already shareable
+        os.fchmod(fd, 0o666)  # the umask must not lock other users out
+    return fd
+
+
 class MeasurementGate:
-    def __init__(self, lock_dir: Path | None = None) -> None:
-        folder = lock_dir or _lock_dir()
-        self._intent = os.open(folder / "intent", os.O_RDWR | os.O_CREAT, 0o666)
-        self._busy = os.open(folder / "busy", os.O_RDWR | os.O_CREAT, 0o666)
+    def __init__(self, name: str = "cpu", lock_dir: Path | None = None) -> None:
+        folder = lock_dir or _lock_dir(name)
+        self._intent = _open_shared(folder / "intent")
+        self._busy = _open_shared(folder / "busy")
+
+    def __enter__(self) -> MeasurementGate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextlib.contextmanager
     def training_step(self) -> Iterator[None]:
@@ -43,7 +68,8 @@ class MeasurementGate:
         try:
             yield
         finally:
-            fcntl.flock(self._busy, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # closed already: the lock went with it
+                fcntl.flock(self._busy, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def measurement(self) -> Iterator[None]:
@@ -58,5 +84,7 @@ class MeasurementGate:
             fcntl.flock(self._intent, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        os.close(self._intent)
-        os.close(self._busy)
+        """Release everything this process holds (closing the files drops their locks)."""
+        for fd in (self._intent, self._busy):
+            with contextlib.suppress(OSError):
+                os.close(fd)

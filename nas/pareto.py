@@ -8,23 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .spec import OBJECTIVES, Objective, SpecError
-
-
-def parse_objectives(items: Sequence[str | Objective]) -> list[Objective]:
-    """``["accuracy:max", "latency_ms:min"]`` -> Objectives (a bare name takes its usual way)."""
-    out = []
-    for item in items:
-        if isinstance(item, Objective):
-            out.append(item)
-            continue
-        metric, _, direction = item.partition(":")
-        direction = direction or ("max" if metric == "accuracy" else "min")
-        if metric not in OBJECTIVES or direction not in ("max", "min"):
-            raise SpecError(f"objectives = {item!r}: each must be METRIC[:max|min] with METRIC "
-                            f"in {list(OBJECTIVES)}")
-        out.append(Objective(metric, direction))
-    return out
+from .spec import Objective, SpecError, parse_objectives
 
 
 def _as_minimised(frame: pd.DataFrame, objectives: Sequence[Objective]) -> np.ndarray:

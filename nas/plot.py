@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .pareto import knee, parse_objectives  # noqa: E402
-from .spec import Objective  # noqa: E402
+from .pareto import knee  # noqa: E402
+from .spec import Objective, parse_objectives  # noqa: E402
 
 LABELS = {"accuracy": "validation accuracy", "latency_ms": "latency per batch (ms)",
           "macs": "MACs per image", "params": "parameters"}

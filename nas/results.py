@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from .spec import METRICS
 
 SPEC = "spec.yaml"
 STUDY_DB = "study.db"
@@ -55,8 +56,7 @@ def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, A
     """One row of ``trials.parquet`` from a trial's final report."""
     row: dict[str, Any] = {"trial": trial_number, "status": status, "space": space,
                            "key": key, "config": json.dumps(candidate, sort_keys=True)}
-    for name in ("accuracy", "val_loss", "train_loss", "latency_ms", "latency_p90_ms",
-                 "latency_spread", "macs", "params"):
+    for name in METRICS:
         row[name] = last.get(name)
     row["epochs"] = len(history)
     row["train_time_s"] = sum(h.get("epoch_time_s", 0.0) for h in history)
@@ -71,8 +71,6 @@ class TableWriter:
     def __init__(self, study_dir: Path) -> None:
         self.path = study_dir / TABLE
         self.rows: list[dict[str, Any]] = []
-        if self.path.exists():
-            self.rows = pd.read_parquet(self.path).to_dict("records")
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows = [r for r in self.rows if r["trial"] != row["trial"]] + [row]
@@ -81,14 +79,14 @@ class TableWriter:
         os.replace(tmp, self.path)
 
 
-def store_trial_files(study_dir: Path, trial_number: int, checkpoint_dir: str | None,
+def store_trial_files(study_dir: Path, trial_number: int, checkpoint: Any,
                       history: list[dict[str, Any]]) -> Path:
-    """Copy a trial's final checkpoint into trials/<n>/ and write its epoch history."""
+    """Copy a trial's final checkpoint (a Ray ``Checkpoint``, local or remote storage) into
+    trials/<n>/ and write its epoch history."""
     folder = study_dir / TRIALS / str(trial_number)
     folder.mkdir(parents=True, exist_ok=True)
-    if checkpoint_dir:
-        for item in Path(checkpoint_dir).iterdir():
-            shutil.copy2(item, folder / item.name)
+    if checkpoint is not None:
+        checkpoint.to_directory(str(folder))
     epochs = [{k: h.get(k) for k in _EPOCH_KEYS} for h in history]
     (folder / "history.json").write_text(json.dumps(epochs, indent=1))
     return folder
@@ -96,13 +94,14 @@ def store_trial_files(study_dir: Path, trial_number: int, checkpoint_dir: str | 
 
 def progress_line(done: int, total: int, row: dict[str, Any], objectives: list[str],
                   started: float) -> str:
-    values = "  ".join(f"{m}={_fmt(row.get(m))}" for m in objectives)
+    values = "  ".join(f"{m}={fmt(row.get(m))}" for m in objectives)
     tail = f"  error: {row['error']}" if row["status"] == "error" else ""
     return (f"[{done}/{total}] trial {row['trial']} {row['status']}  {values}  "
             f"({time.monotonic() - started:.0f}s elapsed){tail}")
 
 
-def _fmt(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """A number as people read it in a table: 4 significant digits, thousands separated."""
     if value is None or (isinstance(value, float) and value != value):
         return "-"
     if isinstance(value, float):

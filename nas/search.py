@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,18 +16,23 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+import search_spaces
+from search_spaces.config import ConfigError
+from trainers.data import load_data
+
 from .results import (
     RAY,
     SPEC,
     STUDY_DB,
     Printer,
     TableWriter,
+    fmt,
     progress_line,
     store_trial_files,
     trial_row,
 )
-from .searcher import make_searcher
-from .spec import SearchSpec, to_yaml
+from .searcher import make_searcher, trial_status
+from .spec import SearchSpec, SpecError, to_yaml
 from .trainable import train_candidate
 
 
@@ -45,33 +52,49 @@ class ResultsCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         self.history.setdefault(trial.trial_id, []).append(result)
-        self.printer(f"  trial {trial.config['trial']} epoch {result['epoch']}/"
-                     f"{self.spec.train.epochs}  accuracy={result['accuracy']:.4f}  "
-                     f"val_loss={result['val_loss']:.4f}")
+        number = trial.config["trial"]
+        if result.get("infeasible"):
+            self.printer(f"  trial {number} not trained: breaks {result['infeasible']}")
+            return
+        self.printer(f"  trial {number} epoch {result.get('epoch')}/{self.spec.train.epochs}"
+                     f"  accuracy={fmt(result.get('accuracy'))}"
+                     f"  val_loss={fmt(result.get('val_loss'))}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "complete", "")
+        self._finish(trial, error=False)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "error", _error_line(trial))
+        self._finish(trial, error=True)
 
-    def _finish(self, trial: Any, status: str, error: str) -> None:
-        history = self.history.get(trial.trial_id, [])
+    def _finish(self, trial: Any, error: bool) -> None:
         number = trial.config["trial"]
-        checkpoint = trial.checkpoint.path if trial.checkpoint and status == "complete" else None
-        store_trial_files(self.study_dir, number, checkpoint, history)
+        try:
+            row = self._record(trial, number, error)
+        except Exception as err:  # one unrecordable trial must not end the whole search
+            self.printer(f"  trial {number}: could not record its results: "
+                         f"{type(err).__name__}: {err}")
+            return
+        self.printer(progress_line(len(self.table.rows), self.spec.trials, row,
+                                   self.spec.metric_names, self.started))
+
+    def _record(self, trial: Any, number: int, error: bool) -> dict[str, Any]:
+        history = self.history.get(trial.trial_id, [])
+        last = history[-1] if history else {}
+        status = trial_status(last, error, self.spec.train.epochs)
+        message = _error_line(trial) if error else last.get("infeasible", "")
+        trained = [h for h in history if not h.get("infeasible")]
+        store_trial_files(self.study_dir, number, trial.checkpoint if trained else None,
+                          trained)
         candidate = trial.config["candidate"]
-        key = _key(self.spec, candidate)
-        row = trial_row(number, status, self.spec.space.name, candidate, key,
-                        history[-1] if history else {}, history, error)
+        row = trial_row(number, status, self.spec.space.name, candidate,
+                        _key(self.spec, candidate), last, trained, message)
+        if status == "infeasible":
+            row["accuracy"] = None  # it was never trained
         self.table.add(row)
-        done = len(self.table.rows)
-        self.printer(progress_line(done, self.spec.trials, row, self.spec.metric_names,
-                                   self.started))
+        return row
 
 
 def _key(spec: SearchSpec, candidate: dict[str, Any]) -> str:
-    import search_spaces
     return search_spaces.get(spec.space.name).config_from_dict(candidate).key()
 
 
@@ -83,14 +106,50 @@ def _error_line(trial: Any) -> str:
     return lines[-1][:500] if lines else "trial failed"
 
 
-def prepare_study_dir(spec: SearchSpec) -> Path:
-    study_dir = spec.study_dir.resolve()
-    if study_dir.exists() and any(study_dir.iterdir()):
-        raise StudyExists(f"name = {spec.name!r}: results folder {spec.study_dir} already holds "
-                          f"a study; choose another --name or remove that folder")
-    study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / SPEC).write_text(to_yaml(spec))
-    return study_dir
+def holds_study(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def prepare_study_dir(spec: SearchSpec, *, auto_name: bool = False) -> SearchSpec:
+    """Create the study folder atomically (two searches never share one) and write the spec.
+
+    An existing folder that holds a study is never reused: with ``auto_name`` the study
+    becomes ``<name>-2``, ``<name>-3``, ...; otherwise it is an error. Returns the spec under
+    the name it got.
+    """
+    base, n = spec.name, 1
+    while True:
+        folder = spec.study_dir
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileExistsError:
+            if not holds_study(folder):
+                break  # an empty folder: ours to use
+            if not auto_name:
+                raise StudyExists(f"name = {spec.name!r}: results folder {folder} already "
+                                  f"holds a study; choose another --name or remove that "
+                                  f"folder") from None
+            n += 1
+            spec = dataclasses.replace(spec, name=f"{base}-{n}")
+    (spec.study_dir / SPEC).write_text(to_yaml(spec))
+    return spec
+
+
+def check_data(spec: SearchSpec) -> None:
+    """Load the spec's data once in the driver, so that a missing dataset or an impossible
+    subset size is one clear error before Ray starts, not a failure in every trial."""
+    settings = spec.data
+    try:
+        if settings.name.startswith("folder:"):
+            root = Path(settings.name.removeprefix("folder:")).expanduser()
+            if not (root / "train").is_dir():
+                raise FileNotFoundError(f"no folder {root / 'train'} (expected "
+                                        "PATH/train/<class>/<images>)")
+        else:
+            load_data(settings)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        raise SpecError(f"data.name = {settings.name!r}: {err}") from None
 
 
 def _start_ray(spec: SearchSpec) -> bool:
@@ -104,8 +163,7 @@ def _start_ray(spec: SearchSpec) -> bool:
     if spec.ray_address:
         ray.init(address=spec.ray_address, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     return True
 
 
@@ -116,30 +174,40 @@ def _scheduler(spec: SearchSpec) -> Any:
     return None
 
 
-def run_search(spec: SearchSpec, *, printer: Printer = print,
+def _tuner(spec: SearchSpec, study_dir: Path, printer: Printer,
+           trainable: Callable[..., None]) -> tune.Tuner:
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    return tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
+        tune_config=tune.TuneConfig(
+            search_alg=make_searcher(spec, f"sqlite:///{study_dir / STUDY_DB}"),
+            scheduler=_scheduler(spec), num_samples=spec.trials,
+            max_concurrent_trials=spec.concurrent_trials, reuse_actors=True),
+        run_config=tune.RunConfig(
+            name="tune", storage_path=spec.storage or str(study_dir / RAY), verbose=0,
+            callbacks=[ResultsCallback(spec, study_dir, printer)],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=0)))
+
+
+def run_search(spec: SearchSpec, *, printer: Printer = print, auto_name: bool = False,
                trainable: Callable[..., None] = train_candidate) -> Path:
     """Run the spec's search to the end; returns the study folder (results/<name>).
 
     ``trainable(config, *, spec)`` is the per-trial function (the real trainer by default;
     the orchestration benchmark passes one that trains nothing).
     """
-    study_dir = prepare_study_dir(spec)
-    started_ray = _start_ray(spec)
+    check_data(spec)
+    spec = prepare_study_dir(spec, auto_name=auto_name)
+    study_dir = spec.study_dir.resolve()
     try:
-        trainable = tune.with_resources(
-            tune.with_parameters(trainable, spec=spec),
-            {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus})
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(spec, f"sqlite:///{study_dir / STUDY_DB}"),
-                scheduler=_scheduler(spec), num_samples=spec.trials,
-                max_concurrent_trials=spec.concurrent_trials, reuse_actors=True),
-            run_config=tune.RunConfig(
-                name="tune", storage_path=str(study_dir / RAY), verbose=0,
-                callbacks=[ResultsCallback(spec, study_dir, printer)],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=0)))
+        started_ray = _start_ray(spec)
+    except Exception as err:  # nothing ran: leave no half-made study behind
+        shutil.rmtree(study_dir, ignore_errors=True)
+        raise SpecError(f"ray_address = {spec.ray_address!r}: could not start or reach Ray "
+                        f"({type(err).__name__}: {err})") from None
+    try:
+        tuner = _tuner(spec, study_dir, printer, trainable)
         printer(f"search {spec.name!r}: {spec.trials} trials of space {spec.space.name!r}, "
                 f"{spec.concurrent_trials} at a time, objectives "
                 f"{', '.join(o.label for o in spec.objectives)} -> {spec.study_dir}")

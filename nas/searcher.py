@@ -18,10 +18,9 @@ from ray.tune.search.optuna import OptunaSearch
 import search_spaces
 from search_spaces.dims import Dim
 
-from .spec import Constraint, SearchSpec
+from .spec import METRICS, Constraint, SearchSpec
 
-RECORDED = ("accuracy", "val_loss", "latency_ms", "latency_p90_ms", "latency_spread", "macs",
-            "params", "epoch")
+RECORDED = (*METRICS, "epoch", "infeasible")
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -60,23 +59,46 @@ class DrawCandidate:
         return {"candidate": candidate.to_dict(), "trial": trial.number}
 
 
+def trial_status(result: dict[str, Any] | None, error: bool, epochs: int) -> str:
+    """complete | infeasible (costs broke a constraint, not trained) | stopped (early, by the
+    scheduler or a cancelled run) | error."""
+    if error:
+        return "error"
+    if result and result.get("infeasible"):
+        return "infeasible"
+    if not result or result.get("epoch", 0) < epochs:
+        return "stopped"
+    return "complete"
+
+
 class StudySearcher(OptunaSearch):
+    """Tells Optuna: complete and infeasible trials with their values (the constraints say
+    which are infeasible), trials stopped early as PRUNED, errored ones as FAIL."""
+
+    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epochs = epochs
+
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and result:
-            for name in RECORDED:
-                if result.get(name) is not None:
-                    ot_trial.set_user_attr(name, result[name])
-        if error and ot_trial is not None and trial_id not in self._completed_trials:
-            self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        if ot_trial is None or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        for name in RECORDED:
+            if result and result.get(name) is not None:
+                ot_trial.set_user_attr(name, result[name])
+        status = trial_status(result, error, self._epochs)
+        if status in ("error", "stopped"):
+            state = TrialState.FAIL if status == "error" else TrialState.PRUNED
+            self._ot_study.tell(ot_trial, state=state)
             self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
+            return None
+        return super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def make_searcher(spec: SearchSpec, storage_url: str) -> StudySearcher:
     return StudySearcher(space=DrawCandidate(spec.space.name, spec.space.dims),
                          metric=spec.metric_names, mode=spec.modes,
                          sampler=make_sampler(spec), study_name=spec.name,
+                         epochs=spec.train.epochs,
                          storage=optuna.storages.RDBStorage(storage_url))

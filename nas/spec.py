@@ -7,6 +7,7 @@ value and what is allowed, before any Ray or Optuna work starts. Unknown keys ar
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -22,8 +23,13 @@ from search_spaces.dims import Dim, Fixed, narrow
 from trainers.data import DataSettings, native_img_size
 from trainers.loop import FitSettings
 
-METRICS = ("accuracy", "latency_ms", "latency_p90_ms", "macs", "params", "val_loss")
+# What a trial reports and the results table keeps, beside the per-epoch history.
+METRICS = ("accuracy", "val_loss", "train_loss", "latency_ms", "latency_p90_ms",
+           "latency_spread", "macs", "params")
 OBJECTIVES = ("accuracy", "latency_ms", "macs", "params")
+CONSTRAINABLE = ("accuracy", "val_loss", "latency_ms", "latency_p90_ms", "macs", "params")
+# Known before training: a candidate that breaks a constraint on these is not trained.
+COSTS = ("latency_ms", "latency_p90_ms", "macs", "params")
 # Keys of the trainers' settings that a trial decides for itself, not the spec.
 PER_TRIAL = {"data": ("device", "load_test"), "train": ("device",)}
 
@@ -76,7 +82,9 @@ class ResourcesSpec:
     def __post_init__(self) -> None:
         if not self.cpus > 0:
             fail("resources.cpus", self.cpus, "must be a number > 0 (fractions allowed)")
-        _at_least("resources.gpus", self.gpus, 0)
+        if not 0 <= self.gpus <= 1:
+            fail("resources.gpus", self.gpus, "must be in [0, 1]: a trial trains on at most "
+                                              "one GPU (fractions share one)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +139,7 @@ class SearchSpec:
     scheduler: str = "none"
     results_dir: str = "results"
     ray_address: str | None = None
-    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    storage: str | None = None
 
     @property
     def study_dir(self) -> Path:
@@ -154,10 +162,11 @@ def _at_least(field: str, value: float, low: float) -> None:
 # ---------------------------------------------------------------- parsing raw YAML values
 
 _TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler", "latency",
-        "resources", "trials", "concurrent_trials", "scheduler", "results_dir", "ray_address"}
+        "resources", "trials", "concurrent_trials", "scheduler", "results_dir", "ray_address",
+        "storage"}
 _SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
              "latency": LatencySpec, "resources": ResourcesSpec}
-_SECTION_DEFAULTS = {"data": {"name": "fashion-mnist", "train_size": 5000, "val_size": 1000}}
+_SECTION_DEFAULTS = {"data": {"name": "fashion-mnist"}}
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -201,20 +210,33 @@ def _typed(field: str, hint: Any, value: Any) -> Any:
     fail(field, value, f"must be a {base.__name__}{' or null' if optional else ''}")
 
 
-def _objectives(raw: Any) -> tuple[Objective, ...]:
-    raw = raw or ["accuracy:max", "latency_ms:min"]
-    if isinstance(raw, str) or not isinstance(raw, list):
-        fail("objectives", raw, "must be a list like [accuracy:max, latency_ms:min]")
-    out = []
+def parse_objectives(raw: Any, field: str = "objectives") -> tuple[Objective, ...]:
+    """``["accuracy:max", "latency_ms"]`` -> Objectives; a bare name takes its usual way
+    (accuracy up, costs down). Used for specs and for ``nas pareto --objectives``."""
+    if isinstance(raw, str) or not isinstance(raw, (list, tuple)) or not raw:
+        fail(field, raw, "must be a non-empty list like [accuracy:max, latency_ms:min]")
+    out: list[Objective] = []
     for item in raw:
+        if isinstance(item, Objective):
+            out.append(item)
+            continue
         metric, _, direction = str(item).partition(":")
+        direction = direction or ("max" if metric == "accuracy" else "min")
         if metric not in OBJECTIVES or direction not in ("max", "min"):
-            fail("objectives", item, f"each must be METRIC:max|min with METRIC in "
-                                     f"{list(OBJECTIVES)}")
+            fail(field, item, f"each must be METRIC[:max|min] with METRIC in "
+                              f"{list(OBJECTIVES)}")
         if metric in [o.metric for o in out]:
-            fail("objectives", item, "each metric may appear once")
+            fail(field, item, "each metric may appear once")
         out.append(Objective(metric, direction))
     return tuple(out)
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _constraints(raw: Any) -> tuple[Constraint, ...]:
@@ -225,10 +247,11 @@ def _constraints(raw: Any) -> tuple[Constraint, ...]:
     out = []
     for item in raw:
         m = _CONSTRAINT.match(str(item))
-        if not m or m.group(1) not in METRICS:
+        bound = _number(m.group(3)) if m else None
+        if not m or m.group(1) not in CONSTRAINABLE or bound is None:
             fail("constraints", item, f"each must be 'METRIC OP NUMBER' with METRIC in "
-                                      f"{list(METRICS)} and OP in <=, >=, <, >")
-        out.append(Constraint(m.group(1), m.group(2), float(m.group(3))))
+                                      f"{list(CONSTRAINABLE)} and OP in <=, >=, <, >")
+        out.append(Constraint(m.group(1), m.group(2), bound))
     return tuple(out)
 
 
@@ -277,12 +300,13 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     sections = {k: _section(cls, raw.get(k), k) for k, cls in _SECTIONS.items()}
     top = {k: _typed(k, hint, raw[k]) for k, hint in
            (("trials", int), ("concurrent_trials", int), ("scheduler", str),
-            ("results_dir", str), ("ray_address", str | None)) if k in raw}
+            ("results_dir", str), ("ray_address", str | None), ("storage", str | None))
+           if k in raw}
     _at_least("trials", top.get("trials", 8), 1)
     _at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
     if top.get("scheduler", "none") not in ("none", "asha"):
         fail("scheduler", top["scheduler"], "allowed: none, asha")
-    objectives = _objectives(raw.get("objectives"))
+    objectives = parse_objectives(raw.get("objectives") or ["accuracy:max", "latency_ms:min"])
     if top.get("scheduler") == "asha" and "accuracy" not in [o.metric for o in objectives]:
         fail("scheduler", "asha", "needs accuracy among the objectives (it stops on accuracy)")
     if sections["latency"].device == "cuda" and sections["resources"].gpus <= 0:
@@ -290,7 +314,7 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     data = sections["data"]
     space = _space(raw.get("space", "efficientvit"), data.img_size or native_img_size(data.name))
     return SearchSpec(name=name, space=space, objectives=objectives,
-                      constraints=_constraints(raw.get("constraints")), raw=dict(raw),
+                      constraints=_constraints(raw.get("constraints")),
                       **sections, **top)
 
 
@@ -309,7 +333,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 fail(f"--set {key}", text, f"{part} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        try:
+            node[parts[-1]] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            fail(f"--set {key}", text, "the value is not valid YAML (quote strings, close lists)")
     return raw
 
 
@@ -342,7 +369,8 @@ def to_yaml(spec: SearchSpec) -> str:
         out[key] = {k: v for k, v in section.items() if k not in PER_TRIAL.get(key, ())}
     out["objectives"] = [o.label for o in spec.objectives]
     out["constraints"] = [str(c) for c in spec.constraints]
-    for key in ("trials", "concurrent_trials", "scheduler", "results_dir", "ray_address"):
+    for key in ("trials", "concurrent_trials", "scheduler", "results_dir", "ray_address",
+                "storage"):
         out[key] = getattr(spec, key)
     return yaml.safe_dump(_plain(out), sort_keys=False)
 

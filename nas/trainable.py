@@ -21,8 +21,8 @@ from trainers.data import load_data
 from trainers.loop import fit
 from trainers.measure import count_macs, count_params, measure_latency
 
-from .gate import MeasurementGate
-from .spec import SearchSpec
+from .gate import MeasurementGate, gate_name
+from .spec import COSTS, SearchSpec
 
 WEIGHTS = "model.safetensors"
 CANDIDATE = "candidate.json"
@@ -33,8 +33,8 @@ class GatedData:
     """The candidate's data, each training and validation step held inside the gate, so
     another trial's latency measurement never runs beside this trial's work."""
 
-    def __init__(self, data: Any, gate: MeasurementGate) -> None:
-        self._data, self._gate = data, gate
+    def __init__(self, data: Any, gate: MeasurementGate, device: str) -> None:
+        self._data, self._gate, self._cuda = data, gate, device.startswith("cuda")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._data, name)
@@ -43,6 +43,8 @@ class GatedData:
         for batch in batches:
             with self._gate.training_step():  # held while the loop works on this batch
                 yield batch
+                if self._cuda:  # the step's kernels are queued, not done: wait for them
+                    torch.cuda.synchronize()
 
     def train_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         return self._gated(self._data.train_batches(*args, **kwargs))
@@ -53,7 +55,7 @@ class GatedData:
 
 def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
                   gate: MeasurementGate) -> dict[str, Any]:
-    """Params, MACs and latency of ``model`` (latency on an otherwise idle machine)."""
+    """Params, MACs and latency of ``model`` (latency on an otherwise idle device)."""
     lat = spec.latency
     with gate.measurement():
         latency = measure_latency(
@@ -67,29 +69,54 @@ def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[i
             "latency_p90_ms": latency.p90_ms, "latency_spread": latency.spread, **prov}
 
 
+def broken_cost_constraints(spec: SearchSpec, costs: dict[str, Any]) -> list[str]:
+    """The spec's constraints on costs (known before training) that ``costs`` break."""
+    return [f"{c} ({c.metric}={costs[c.metric]:.4g})" for c in spec.constraints
+            if c.metric in COSTS and not c.holds(costs[c.metric])]
+
+
+def trial_device(spec: SearchSpec) -> str:
+    if spec.resources.gpus <= 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("resources.gpus > 0 but this worker sees no CUDA device "
+                           f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+    return "cuda"
+
+
 def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
-    """Ray Tune function trainable: reports once per epoch, checkpoints the final weights."""
+    """Ray Tune function trainable: reports once per epoch and checkpoints the weights.
+
+    A candidate whose measured costs already break a constraint is reported once, marked
+    ``infeasible``, and not trained.
+    """
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     space = search_spaces.get(spec.space.name)
     candidate = space.config_from_dict(config["candidate"])
-    device = "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
-    gate = MeasurementGate()
-    with gate.training_step():  # loading and building are work too: not beside a measurement
-        data = load_data(spec.data.replace(device=device))
-        torch.manual_seed(spec.train.seed)
-        model = space.build(candidate, num_classes=data.num_classes, in_chans=data.in_chans)
-    costs = measure_costs(model, spec, (data.in_chans, data.img_size, data.img_size), gate)
-    model.to(device)
-    settings = spec.train.replace(device=device)
+    device = trial_device(spec)
+    data = load_data(spec.data.replace(device=device))
+    with MeasurementGate(gate_name(spec.latency.device)) as gate:
+        with gate.training_step():  # building is work too: not beside a measurement
+            torch.manual_seed(spec.train.seed)
+            model = space.build(candidate, num_classes=data.num_classes,
+                                in_chans=data.in_chans)
+        shape = (data.in_chans, data.img_size, data.img_size)
+        costs = {**measure_costs(model, spec, shape, gate), "trial": config["trial"]}
+        broken = broken_cost_constraints(spec, costs)
+        if broken:
+            tune.report({**costs, "accuracy": 0.0, "epoch": 0,
+                         "infeasible": "; ".join(broken)})
+            return
+        model.to(device)
 
-    def report(metrics: dict[str, Any]) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint(Path(folder), model, config["candidate"], input_info(data))
-            tune.report({**metrics, **costs, "trial": config["trial"]},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+        def report(metrics: dict[str, Any]) -> None:
+            with tempfile.TemporaryDirectory() as folder:
+                save_checkpoint(Path(folder), model, config["candidate"], input_info(data))
+                tune.report({**metrics, **costs},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
 
-    fit(model, GatedData(data, gate), settings, report=report)
-    gate.close()
+        fit(model, GatedData(data, gate, device), spec.train.replace(device=device),
+            report=report)
 
 
 def input_info(data: Any) -> dict[str, Any]:
