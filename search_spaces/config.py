@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -25,7 +26,11 @@ class Config:
     """
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Plain JSON values: tuples -> lists, and ints in ``float`` fields -> floats (so that
+        ``ratio=2`` and ``ratio=2.0``, which compare equal, also have one :meth:`key`)."""
+        hints = _type_hints(type(self))
+        return {f.name: _plain(_coerce(hints[f.name], getattr(self, f.name)))
+                for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
@@ -35,7 +40,7 @@ class Config:
             raise ConfigError(
                 f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(known)}"
             )
-        hints = typing.get_type_hints(cls)
+        hints = _type_hints(cls)
         return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
 
     def to_json(self) -> str:
@@ -57,6 +62,17 @@ def check(ok: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
     if not ok:
         raise ConfigError(message)
+
+
+def check_int(name: str, value: object, low: int) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an int (not a bool) and >= ``low``."""
+    check(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+          f"`{name}`={value!r} must be an integer >= {low}")
+
+
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def _plain(value: Any) -> Any:

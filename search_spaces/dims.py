@@ -89,49 +89,100 @@ def narrow(name: str, default: Dim, given: Any) -> Dim:
     """Parse a spec's value for dimension ``name`` and check it lies inside ``default``.
 
     A scalar fixes the knob, a list restricts its choices, a mapping {low, high[, step|log]}
-    restricts a range. Raises ConfigError naming the dimension, the value and what is allowed.
+    restricts a range. Types must match the domain's: a bool matches only a bool, a float
+    never an int, and an int matches a float (stored as that float). Raises ConfigError
+    naming the dimension, the value and what is allowed.
     """
     where = f"space.dims.{name}"
     if isinstance(given, dict):
-        if not isinstance(default, (IntRange, FloatRange)):
-            raise ConfigError(f"{where}: a range {given} is not allowed; give one value or a "
-                              f"list from {list(default.values())}")
-        extra = set(given) - {"low", "high", "step", "log"}
-        if extra or "low" not in given or "high" not in given:
-            raise ConfigError(f"{where}: a range needs keys low and high (optional step/log), "
-                              f"got {given}")
-        low, high = given["low"], given["high"]
-        if not (default.low <= low <= high <= default.high):
-            raise ConfigError(f"{where}: range [{low}, {high}] must lie inside "
-                              f"[{default.low}, {default.high}] with low <= high")
-        if isinstance(default, IntRange):
-            return IntRange(int(low), int(high), int(given.get("step", default.step)))
-        return FloatRange(float(low), float(high), bool(given.get("log", default.log)))
+        return _narrow_range(where, default, given)
     values = list(given) if isinstance(given, (list, tuple)) else [given]
     if not values:
         raise ConfigError(f"{where}: an empty list is not allowed")
-    for v in values:
-        if not _allowed(default, v):
-            raise ConfigError(f"{where}: value {v!r} is not allowed; allowed: "
-                              f"{_describe(default)}")
-    values = [tuple(v) if isinstance(v, list) else v for v in values]
-    return Fixed(values[0]) if len(values) == 1 else Choice(tuple(values))
+    found = [_find(default, v) for v in values]
+    for v, match in zip(values, found, strict=True):
+        if match is _MISSING:
+            raise ConfigError(f"{where}: value {v!r} ({type(v).__name__}) is not allowed; "
+                              f"allowed: {_describe(default)}")
+    return Fixed(found[0]) if len(found) == 1 else Choice(tuple(found))
 
 
-def _allowed(dim: Dim, v: Any) -> bool:
-    if isinstance(v, list):
-        v = tuple(v)
+_MISSING = object()
+
+
+def _find(dim: Dim, v: Any) -> Any:
+    """The domain's own value equal to ``v`` under the type rules of :func:`narrow` (a range's
+    value as its kind: an int in a FloatRange becomes a float), or ``_MISSING``."""
     if isinstance(dim, (IntRange, FloatRange)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return False
-        if isinstance(dim, IntRange) and int(v) != v:
-            return False
-        return dim.low <= v <= dim.high
-    return v in dim.values()
+        kind = int if isinstance(dim, IntRange) else float
+        if not _is_kind(v, kind) or not dim.low <= v <= dim.high:
+            return _MISSING
+        if isinstance(dim, IntRange) and (v - dim.low) % dim.step:
+            return _MISSING
+        return kind(v)
+    return next((o for o in dim.values() if _same(o, v)), _MISSING)
+
+
+def _same(option: Any, v: Any) -> bool:
+    """``v == option`` with the type rules of :func:`narrow`; lists/tuples element-wise."""
+    if isinstance(option, tuple):
+        return (isinstance(v, (list, tuple)) and len(v) == len(option)
+                and all(_same(o, x) for o, x in zip(option, v, strict=True)))
+    if isinstance(option, bool) or isinstance(v, bool):
+        return type(option) is type(v) and option == v
+    if isinstance(option, int) and isinstance(v, float):
+        return False
+    return not isinstance(v, (list, tuple)) and option == v
+
+
+def _is_kind(v: Any, kind: type) -> bool:
+    """Is ``v`` a number of ``kind`` (int: an int; float: an int or a float; never a bool)?"""
+    allowed = (int,) if kind is int else (int, float)
+    return isinstance(v, allowed) and not isinstance(v, bool)
+
+
+def _narrow_range(where: str, default: Dim, given: dict[str, Any]) -> Dim:
+    """{low, high[, step]} inside an IntRange, {low, high[, log]} inside a FloatRange."""
+    if not isinstance(default, (IntRange, FloatRange)):
+        raise ConfigError(f"{where}: a range {given} is not allowed; give one value or a "
+                          f"list from {_describe(default)}")
+    is_int = isinstance(default, IntRange)
+    option = "step" if is_int else "log"
+    if set(given) - {"low", "high", option} or "low" not in given or "high" not in given:
+        raise ConfigError(f"{where}: a range needs keys low and high (optional {option}), "
+                          f"got {given}")
+    kind, low, high = (int if is_int else float), given["low"], given["high"]
+    for key, v in (("low", low), ("high", high)):
+        if not _is_kind(v, kind):
+            raise ConfigError(f"{where}: {key}={v!r} must be "
+                              f"{'an integer' if is_int else 'a number'}; allowed: "
+                              f"{_describe(default)}")
+    if not (default.low <= low <= high <= default.high):
+        raise ConfigError(f"{where}: range [{low}, {high}] must lie inside "
+                          f"[{default.low}, {default.high}] with low <= high")
+    if is_int:
+        step = given.get("step", default.step)
+        return IntRange(low, high, _range_step(where, default, low, step))
+    log = given.get("log", default.log)
+    if not isinstance(log, bool) or (log and low <= 0):
+        raise ConfigError(f"{where}: log={log!r} must be true or false (true needs low > 0)")
+    return FloatRange(float(low), float(high), log)
+
+
+def _range_step(where: str, default: IntRange, low: int, step: Any) -> int:
+    """A step that keeps the narrowed range on the default's grid: a multiple of its step."""
+    if not _is_kind(step, int) or step < 1 or step % default.step:
+        raise ConfigError(f"{where}: step={step!r} must be an integer >= 1 and a multiple "
+                          f"of {default.step}")
+    if (low - default.low) % default.step:
+        raise ConfigError(f"{where}: low={low} must be on the grid {default.low}, "
+                          f"{default.low + default.step}, ... (step {default.step})")
+    return step
 
 
 def _describe(dim: Dim) -> str:
     if isinstance(dim, (IntRange, FloatRange)):
         kind = "integers" if isinstance(dim, IntRange) else "numbers"
-        return f"{kind} in [{dim.low}, {dim.high}]"
+        step = f" (step {dim.step})" if isinstance(dim, IntRange) and dim.step > 1 else ""
+        return f"{kind} in [{dim.low}, {dim.high}]{step}"
     return f"one or more of {[list(v) if isinstance(v, tuple) else v for v in dim.values()]}"

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from timm.layers import SqueezeExcite
 from torch import nn
 
-from .config import Config, ConfigError, check
+from .config import Config, ConfigError, check, check_int
 from .dims import Choice, Dim, Fixed, IntRange, TrialLike
 from .layers.cga import WindowedCGA
 from .layers.conv import ConvBN, Residual, depthwise_residual, ffn_residual
@@ -57,7 +57,11 @@ def stem(in_chans: int, dim: int, stride: int) -> nn.Sequential:
 
 
 class PatchMerging(nn.Module):
-    """x2 downsampling: 1x1 to 4x width, ReLU, DW 3x3 stride 2, squeeze-excite, ReLU, 1x1."""
+    """x2 downsampling: 1x1 to 4x width, ReLU, DW 3x3 stride 2, ReLU, squeeze-excite, 1x1.
+
+    No ReLU after the squeeze-excite (as timm and the official code): its input is >= 0 and
+    its gate is a sigmoid, so one would change nothing but cost a pass over the 4x-wide map.
+    """
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
@@ -69,7 +73,7 @@ class PatchMerging(nn.Module):
         self.conv3 = ConvBN(hidden, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.act(self.se(self.act(self.conv2(self.act(self.conv1(x)))))))
+        return self.conv3(self.se(self.act(self.conv2(self.act(self.conv1(x))))))
 
 
 def ffn_hidden(dim: int, ffn_ratio: float) -> int:
@@ -151,6 +155,10 @@ class EfficientViT(nn.Module):
         nn.init.trunc_normal_(self.head.linear.weight, std=0.02)
         nn.init.zeros_(self.head.linear.bias)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimizer must not decay: the attention biases (as timm's model)."""
+        return {name for name, _ in self.named_parameters() if "attention_biases" in name}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channels-last: oneDNN's convs are faster on it, and the attention's token views of
         # q/k/v (B, H*W, C) then need no copies
@@ -159,14 +167,6 @@ class EfficientViT(nn.Module):
 
 
 # -------------------------------------------------------------------------- config + presets
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    check(_is_int(value) and value >= 1, f"`{name}`={value!r} must be a positive integer")
-
-
 def value_dim(width: int, heads: int, v_ratio: float) -> int:
     """V dim per head: round(v_ratio * width / heads) (the paper: the chunk width)."""
     return round(v_ratio * width / heads)
@@ -174,8 +174,8 @@ def value_dim(width: int, heads: int, v_ratio: float) -> int:
 
 def _check_stage(i: int, width: int, heads: int, v_ratio: float, ffn_ratio: float) -> None:
     """The rules that tie one stage's width and heads to the global ratios."""
-    _check_positive_int(f"embed_dims[{i}]", width)
-    _check_positive_int(f"num_heads[{i}]", heads)
+    check_int(f"embed_dims[{i}]", width, 1)
+    check_int(f"num_heads[{i}]", heads, 1)
     check(width % heads == 0, f"`num_heads[{i}]`={heads} must divide `embed_dims[{i}]`={width}")
     v = value_dim(width, heads, v_ratio)
     check(v >= 1, f"`v_ratio`={v_ratio} gives value dim round({v_ratio} * {width} / {heads})="
@@ -190,8 +190,8 @@ def _check_stage(i: int, width: int, heads: int, v_ratio: float, ffn_ratio: floa
 
 def _check_kernels(kernels: tuple[int, ...], max_heads: int) -> None:
     for i, k in enumerate(kernels):
-        check(_is_int(k) and k >= 1 and k % 2 == 1,
-              f"`kernels[{i}]`={k!r} must be a positive odd integer")
+        check_int(f"kernels[{i}]", k, 1)
+        check(k % 2 == 1, f"`kernels[{i}]`={k} must be odd")
     check(len(kernels) >= max_heads, f"`kernels` has {len(kernels)} entries; it needs at least "
                                      f"max(`num_heads`)={max_heads} (one per head)")
 
@@ -219,8 +219,8 @@ class EfficientViTConfig(Config):
             value = getattr(self, name)
             check(isinstance(value, tuple), f"`{name}`={value!r} must be a tuple")
         for name in ("img_size", "key_dim", "window_size"):
-            _check_positive_int(name, getattr(self, name))
-        check(self.stem_stride in STEM_STRIDES,
+            check_int(name, getattr(self, name), 1)
+        check(type(self.stem_stride) is int and self.stem_stride in STEM_STRIDES,
               f"`stem_stride`={self.stem_stride!r} must be one of {STEM_STRIDES}")
         n = len(self.embed_dims)
         check(1 <= n <= MAX_STAGES, f"`embed_dims`={self.embed_dims} must have 1 to "
@@ -232,10 +232,9 @@ class EfficientViTConfig(Config):
             value = getattr(self, name)
             check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
                   f"`{name}`={value!r} must be a number > 0")
-        check(_is_int(self.sandwich) and self.sandwich >= 0,
-              f"`sandwich`={self.sandwich!r} must be an integer >= 0")
+        check_int("sandwich", self.sandwich, 0)
         for i in range(n):
-            _check_positive_int(f"depths[{i}]", self.depths[i])
+            check_int(f"depths[{i}]", self.depths[i], 1)
             _check_stage(i, self.embed_dims[i], self.num_heads[i], self.v_ratio, self.ffn_ratio)
         _check_kernels(self.kernels, max(self.num_heads))
 
@@ -287,7 +286,13 @@ DIMS: dict[str, Dim] = {
 def parse_kernels(value: str | Sequence[int]) -> tuple[int, ...]:
     """``"7,5,3,3"`` (a ``kernels`` choice) -> ``(7, 5, 3, 3)``; tuples pass through."""
     if isinstance(value, str):
-        return tuple(int(k) for k in value.split(","))
+        try:
+            return tuple(int(k) for k in value.split(","))
+        except ValueError:
+            raise ConfigError(f"`kernels`={value!r} must be comma-separated integers, "
+                              'e.g. "7,5,3,3"') from None
+    check(isinstance(value, (tuple, list)),
+          f"`kernels`={value!r} must be a string like \"7,5,3,3\" or a tuple of integers")
     return tuple(value)
 
 
@@ -313,32 +318,85 @@ def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> EfficientViTConfig:
     )
 
 
+# What a probe (see check_dims) uses for the knobs it does not vary: a valid 1-stage config.
+_SAFE_KNOBS: dict[str, Any] = {"img_size": 224, "stem_stride": 16, "key_dim": 16,
+                               "v_ratio": 1.0, "ffn_ratio": 2.0, "sandwich": 1,
+                               "kernels": "5,5,5,5", "window_size": 7}
+_SAFE_STAGE: dict[str, Any] = {"width": 64, "depth": 1, "heads": 1}
+
+
+def _stage_of(name: str) -> int:
+    """k for a per-stage knob ``width_k``/``depth_k``/``heads_k``; 0 for a global one."""
+    kind, _, k = name.rpartition("_")
+    return int(k) if kind in _SAFE_STAGE else 0
+
+
+def _probe(name: str, value: Any) -> EfficientViTConfig:
+    """A config with ``value`` for knob ``name`` and safe values elsewhere: invalid only if
+    ``value`` breaks a rule of its own. A per-stage knob ``*_k`` gets k stages; ``heads_k``
+    gets a width of 8 per head and one kernel per head, so that only the head count is tried.
+    """
+    knobs = {**_SAFE_KNOBS}
+    stages = [_SAFE_STAGE]
+    if name == "num_stages":
+        check_int("num_stages", value, 1)
+        check(value <= MAX_STAGES, f"`num_stages`={value} must be at most {MAX_STAGES}")
+        stages = stages * value
+    elif name in knobs:
+        knobs[name] = value
+    else:
+        kind, k = name.rsplit("_", 1)
+        stages = [*stages * (int(k) - 1), {**_SAFE_STAGE, kind: value}]
+        if kind == "heads" and type(value) is int and value >= 1:
+            stages[-1]["width"] = 8 * value
+            knobs["kernels"] = (3,) * value
+    return EfficientViTConfig(**{**knobs, "kernels": parse_kernels(knobs["kernels"])},
+                              embed_dims=tuple(st["width"] for st in stages),
+                              depths=tuple(st["depth"] for st in stages),
+                              num_heads=tuple(st["heads"] for st in stages))
+
+
 def check_dims(dims: Mapping[str, Dim]) -> None:
     """Raise ConfigError if some draw from ``dims`` (over :data:`DIMS`) would not validate.
 
-    Checks every value of each knob and, for the rules that tie knobs together (heads divide
-    widths, value dims >= 1, enough kernels for the most heads), every combination that meets.
-    Any image size works: the stem's stride-2 convs round up, so no stage has fewer than 1x1.
+    Builds a config from every value of each knob (with safe values for the others), then
+    checks, for the rules that tie knobs together (heads divide widths, value dims >= 1,
+    enough kernels for the most heads), every combination that meets. Any image size works:
+    the stem's stride-2 convs round up, so no stage has fewer than 1x1 tokens.
     """
-    d = {**DIMS, **dims}
-
-    def values(name: str) -> tuple[Any, ...]:
-        return d[name].values()
-
-    stages = range(1, max(values("num_stages")) + 1)
-    max_heads = max(max(values(f"heads_{k}")) for k in stages)
+    unknown = sorted(set(dims) - set(DIMS))
+    if unknown:
+        raise ConfigError(f"space.dims: {unknown} are not dimensions of {KIND!r}; "
+                          f"known: {sorted(DIMS)}")
+    merged = {**DIMS, **dims}
+    # num_stages first: once its values are valid, it says which stages can be drawn
+    for name in dict.fromkeys(("num_stages", *merged)):
+        stage = _stage_of(name)
+        if stage and stage > max(merged["num_stages"].values()):
+            continue
+        for value in merged[name].values():
+            try:
+                _probe(name, value)
+            except ConfigError as err:
+                raise ConfigError(f"space.dims.{name}: value {value!r} gives an invalid "
+                                  f"config: {err}") from None
     try:
-        for img_size, stride in itertools.product(values("img_size"), values("stem_stride")):
-            EfficientViTConfig(img_size=img_size, stem_stride=stride, embed_dims=(64,),
-                               depths=(1,), num_heads=(1,), kernels=(3,))
-        for kernels in values("kernels"):
-            _check_kernels(parse_kernels(kernels), max_heads)
-        for k in stages:
-            for w, h, vr, fr in itertools.product(values(f"width_{k}"), values(f"heads_{k}"),
-                                                  values("v_ratio"), values("ffn_ratio")):
-                _check_stage(k - 1, w, h, vr, fr)
+        _check_combinations(merged)
     except ConfigError as err:
         raise ConfigError(f"space.dims of {KIND!r} can draw an invalid config: {err}") from None
+
+
+def _check_combinations(dims: Mapping[str, Dim]) -> None:
+    """The cross-knob rules, over every combination of the knobs each one ties together."""
+    stages = range(1, max(dims["num_stages"].values()) + 1)
+    max_heads = max(max(dims[f"heads_{k}"].values()) for k in stages)
+    for kernels in dims["kernels"].values():
+        _check_kernels(parse_kernels(kernels), max_heads)
+    for k in stages:
+        for w, h, vr, fr in itertools.product(
+                dims[f"width_{k}"].values(), dims[f"heads_{k}"].values(),
+                dims["v_ratio"].values(), dims["ffn_ratio"].values()):
+            _check_stage(k - 1, w, h, vr, fr)
 
 
 # ----------------------------------------------------------------------------------- build

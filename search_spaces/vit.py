@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .config import Config, ConfigError, check
+from .config import Config, ConfigError, check, check_int
 from .dims import Choice, Dim, Fixed, IntRange, TrialLike
 from .layers.attention import ATTENTION_KINDS, build_attention
 from .layers.mlp import Mlp
@@ -34,6 +34,7 @@ from .registry import SearchSpace, register
 
 TOKEN_POLICIES = ("static",)
 LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon
+MAX_TOKENS = 1024  # most patch tokens a search domain may give (attention memory ~ tokens^2)
 
 
 # ---------------------------------------------------------------------------------- blocks
@@ -110,6 +111,10 @@ class VisionTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, num_classes)
         init_weights(self)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters the optimizer must not decay (as timm's ``VisionTransformer``)."""
+        return {"pos_embed", "cls_token"}
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> tokens (B, 1 + N, dim), class token first."""
         tokens = self.patch_embed(x)
@@ -174,13 +179,12 @@ class ViTConfig(Config):
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
-            _check_int(name, getattr(self, name), minimum=0 if name == "sandwich" else 1)
+            check_int(name, getattr(self, name), 0 if name == "sandwich" else 1)
         for name in ("qk_dim", "v_dim"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
+                check_int(name, getattr(self, name), 1)
         check(isinstance(self.mlp_ratio, (int, float)) and not isinstance(self.mlp_ratio, bool)
               and self.mlp_ratio > 0, f"`mlp_ratio`={self.mlp_ratio!r} must be a number > 0")
-        object.__setattr__(self, "mlp_ratio", float(self.mlp_ratio))  # 4 and 4.0: one key
         self._check_relations()
 
     def _check_relations(self) -> None:
@@ -201,11 +205,6 @@ class ViTConfig(Config):
               f"{list(TOKEN_POLICIES)}")
 
 
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-          f"`{name}`={value!r} must be an integer >= {minimum}")
-
-
 PRESETS: dict[str, ViTConfig] = {
     "deit_tiny": ViTConfig(embed_dim=192, depth=12, num_heads=3),
     "deit_small": ViTConfig(embed_dim=384, depth=12, num_heads=6),
@@ -214,7 +213,9 @@ PRESETS: dict[str, ViTConfig] = {
 
 # ------------------------------------------------------------------------------------ dims
 # Every width is a multiple of 12, so every head count divides every width; every patch size
-# divides 224. v_dim None means embed_dim // num_heads; it is drawn only for attn="mhsa".
+# divides 224, but 2 and 4 give too many tokens there (> MAX_TOKENS): they are for small
+# images, and a search at 224 must narrow patch_size. v_dim None means embed_dim // num_heads;
+# it is drawn only for attn="mhsa".
 DIMS: dict[str, Dim] = {
     "img_size": Fixed(224),
     "patch_size": Choice((2, 4, 7, 8, 14, 16)),
@@ -233,7 +234,8 @@ DIMS: dict[str, Dim] = {
 def check_dims(dims: Mapping[str, Dim]) -> None:
     """Raise ConfigError naming the dimension if some draw from ``dims`` (merged over DIMS)
     would be an invalid config: a patch size not dividing an image size, a head count not
-    dividing a width, or a value that breaks a rule of its own field."""
+    dividing a width, or a value that breaks a rule of its own field; or an image and patch
+    size giving more than MAX_TOKENS tokens (a rule of search domains only: configs may)."""
     unknown = sorted(set(dims) - set(DIMS))
     if unknown:
         raise ConfigError(f"space.dims: {unknown} are not dimensions of 'vit'; "
@@ -241,6 +243,7 @@ def check_dims(dims: Mapping[str, Dim]) -> None:
     merged = {**DIMS, **dims}
     _check_divides(merged, "patch_size", "img_size")
     _check_divides(merged, "num_heads", "embed_dim")
+    _check_tokens(merged)
     base = {name: dim.values()[0] for name, dim in merged.items()}
     for name, dim in merged.items():
         for value in dim.values():
@@ -262,6 +265,17 @@ def _check_divides(dims: Mapping[str, Dim], small: str, big: str) -> None:
             if not isinstance(s, int) or not isinstance(b, int) or s < 1 or b % s:
                 raise ConfigError(f"space.dims.{small}: {s!r} does not divide {big}={b!r}; "
                                   f"every {small} choice must divide every {big} choice")
+
+
+def _check_tokens(dims: Mapping[str, Dim]) -> None:
+    """Every (img_size, patch_size) pair must give at most MAX_TOKENS patch tokens (call after
+    :func:`_check_divides`, which makes both positive ints)."""
+    for img in dims["img_size"].values():
+        for patch in dims["patch_size"].values():
+            tokens = (img // patch) ** 2
+            if tokens > MAX_TOKENS:
+                raise ConfigError(f"space.dims: patch_size={patch} at img_size={img} gives "
+                                  f"{tokens} tokens (> {MAX_TOKENS}): narrow patch_size")
 
 
 # --------------------------------------------------------------------------- suggest, build

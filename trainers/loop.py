@@ -1,10 +1,11 @@
 """Train one candidate: ``fit`` = epochs of ``train_one_epoch`` + ``evaluate`` on validation.
 
-AdamW (timm's factory: no weight decay on biases and norms) with a per-iteration linear
-warm-up + cosine schedule, label-smoothing cross-entropy, optional gradient clipping and bf16
-autocast on CUDA. Progress leaves through a ``report`` callback (Ray Tune's ``tune.report``
-is wrapped by the caller; this package knows nothing of Ray). Seeding model initialisation
-and dropout (the global RNG) is the caller's job; ``fit`` seeds its own batch shuffling.
+AdamW (timm's factory: no weight decay on biases, norms and what the model's
+``no_weight_decay()`` names) with a per-iteration linear warm-up + cosine schedule,
+label-smoothing cross-entropy, optional gradient clipping and bf16 autocast on CUDA. Progress
+leaves through a ``report`` callback (Ray Tune's ``tune.report`` is wrapped by the caller;
+this package knows nothing of Ray). Seeding model initialisation and dropout (the global RNG)
+is the caller's job; ``fit`` seeds its own batch shuffling.
 """
 
 from __future__ import annotations
@@ -152,9 +153,7 @@ def fit(
     auxiliary losses of a dynamic family). Raises :class:`NonFiniteLoss`.
     """
     model.to(settings.device)
-    optimizer = create_optimizer_v2(
-        model, opt="adamw", lr=settings.lr, weight_decay=settings.weight_decay
-    )
+    optimizer = build_optimizer(model, settings)
     run_epoch = functools.partial(
         _run_epoch, model, data, optimizer, settings=settings,
         loss_fn=loss_fn or cross_entropy(settings.label_smoothing),
@@ -169,6 +168,15 @@ def fit(
             break
     return FitResult(
         history=history, train_time_s=time.perf_counter() - start, stopped_early=stopped
+    )
+
+
+def build_optimizer(model: nn.Module, settings: FitSettings) -> torch.optim.Optimizer:
+    """AdamW with two groups: weight decay 0 for 1-D parameters and for the names (patterns)
+    that ``model.no_weight_decay()`` returns, if it has one; ``settings.weight_decay`` else."""
+    return create_optimizer_v2(
+        model, opt="adamw", lr=settings.lr, weight_decay=settings.weight_decay,
+        filter_bias_and_bn=True,
     )
 
 

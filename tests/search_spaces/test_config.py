@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from search_spaces.config import Config, ConfigError, check
+from search_spaces.config import Config, ConfigError, check, check_int
+from search_spaces.efficientvit import EfficientViTConfig
 from search_spaces.vit import ViTConfig
 
 
@@ -65,3 +66,33 @@ def test_key_is_the_same_in_another_process() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, check=True)
     assert done.stdout.strip() == config.key()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Ratios(Config):
+    ratios: tuple[float, ...] = (1.0, 2.0)
+    scale: float | None = None
+    count: int = 1
+
+
+def test_equal_configs_have_one_key_whatever_the_number_type() -> None:
+    two, two_f = EfficientViTConfig(ffn_ratio=2), EfficientViTConfig(ffn_ratio=2.0)
+    assert two == two_f and two.key() == two_f.key()
+    assert two.to_dict()["ffn_ratio"] == 2.0 and isinstance(two.to_dict()["ffn_ratio"], float)
+    ints = Ratios(ratios=(1, 2), scale=3)
+    assert ints.to_dict() == {"ratios": [1.0, 2.0], "scale": 3.0, "count": 1}
+    assert [type(r) for r in ints.to_dict()["ratios"]] == [float, float]
+    assert ints.key() == Ratios(ratios=(1.0, 2.0), scale=3.0).key()
+    assert isinstance(Ratios(count=2).to_dict()["count"], int)  # int fields stay ints
+
+
+@pytest.mark.parametrize(("value", "low"), [(0, 1), (-1, 0), (True, 0), (2.0, 1), ("3", 1)])
+def test_check_int_rejects_non_integers_and_small_ones(value, low) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_int("depth", value, low)
+    assert str(err.value) == f"`depth`={value!r} must be an integer >= {low}"
+
+
+def test_check_int_accepts_integers_at_or_above_low() -> None:
+    check_int("depth", 1, 1)
+    check_int("sandwich", 0, 0)

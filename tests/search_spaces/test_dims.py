@@ -8,6 +8,7 @@ import pytest
 
 from search_spaces.config import ConfigError
 from search_spaces.dims import Choice, Fixed, FloatRange, IntRange, narrow
+from search_spaces.efficientvit import DIMS as EV_DIMS
 
 
 class RecordingTrial:
@@ -74,6 +75,59 @@ def test_narrow_rejects_values_outside_the_domain(default, given, words) -> None
     message = str(err.value)
     assert message.startswith("space.dims.patch_size:"), message
     assert all(w in message for w in words), message
+
+
+@pytest.mark.parametrize(("name", "given", "words"), [
+    ("key_dim", 16.0, ["16.0 (float)", "[8, 16, 32]"]),
+    ("num_stages", 2.0, ["2.0 (float)", "[1, 2, 3, 4]"]),
+    ("depth_2", 2.0, ["2.0 (float)", "integers in [1, 4]"]),
+    ("sandwich", True, ["True (bool)", "[1, 2]"]),
+    ("key_dim", [8, 16.0], ["16.0 (float)"]),
+    ("depth_2", {"low": 1.5, "high": 3}, ["low=1.5", "an integer", "[1, 4]"]),
+    ("depth_2", {"low": "a", "high": 3}, ["low='a'", "an integer"]),
+    ("depth_2", {"low": 1, "high": 3.0}, ["high=3.0", "an integer"]),
+    ("depth_2", {"low": 1, "high": 3, "step": 0}, ["step=0", "integer >= 1"]),
+    ("depth_2", {"low": 1, "high": 3, "step": 1.5}, ["step=1.5"]),
+    ("depth_2", {"low": 1, "high": 3, "step": True}, ["step=True"]),
+    ("depth_2", {"low": 1, "high": 3, "log": True}, ["optional step"]),
+])
+def test_narrow_rejects_values_of_the_wrong_type(name: str, given: Any, words: list) -> None:
+    with pytest.raises(ConfigError) as err:
+        narrow(name, EV_DIMS[name], given)
+    message = str(err.value)
+    assert message.startswith(f"space.dims.{name}:"), message
+    assert all(w in message for w in words), message
+
+
+@pytest.mark.parametrize(("default", "given", "words"), [
+    (LR, {"low": "a", "high": 0.1}, ["low='a'", "a number"]),
+    (LR, {"low": 1e-3, "high": 1e-2, "log": "yes"}, ["log='yes'", "true or false"]),
+    (FloatRange(0.0, 1.0), {"low": 0.0, "high": 1.0, "log": True}, ["log=True", "low > 0"]),
+    (LR, {"low": 1e-3, "high": 1e-2, "step": 1}, ["optional log"]),
+    (LR, True, ["True (bool)"]),
+    (Choice((0.5, 1.0)), False, ["False (bool)"]),
+    (Choice((True, False)), 1, ["1 (int)"]),
+    (Choice(((1, 2), (3, 4))), [[3.0, 4]], ["[3.0, 4]"]),
+    (IntRange(2, 12, 2), 5, ["5", "step 2"]),
+    (IntRange(2, 12, 2), {"low": 3, "high": 8}, ["low=3", "grid"]),
+    (IntRange(2, 12, 2), {"low": 4, "high": 8, "step": 3}, ["step=3", "multiple of 2"]),
+])
+def test_narrow_raises_config_errors_for_bad_ranges_and_types(default, given, words) -> None:
+    with pytest.raises(ConfigError) as err:  # never a TypeError or ValueError
+        narrow("x", default, given)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_an_int_matches_a_float_option_and_is_stored_as_that_float() -> None:
+    fixed = narrow("ffn_ratio", EV_DIMS["ffn_ratio"], 2)
+    assert fixed == Fixed(2.0) and isinstance(fixed.value, float)
+    choice = narrow("ffn_ratio", EV_DIMS["ffn_ratio"], [2, 3.0])
+    assert choice == Choice((2.0, 3.0)) and all(type(v) is float for v in choice.options)
+    assert narrow("x", Choice(((1.0, 2.0),)), [[1, 2]]) == Fixed((1.0, 2.0))
+    assert type(narrow("x", LR, 1e-2).value) is float
+    ranged = narrow("x", FloatRange(0.0, 4.0), {"low": 1, "high": 2})
+    assert ranged == FloatRange(1.0, 2.0) and type(ranged.low) is float
+    assert narrow("x", Choice((True, False)), False) == Fixed(False)
 
 
 @pytest.mark.parametrize("dim", [Choice((2, 4, 7)), IntRange(2, 12, 2), FloatRange(0.1, 1.0)])

@@ -126,14 +126,14 @@ BAD = [
     ({"num_heads": (4, 4)}, "`num_heads` has 2 entries"),
     ({"embed_dims": (60, 128, 192), "num_heads": (2, 4, 4)}, "`embed_dims[0]`=60 must be a mul"),
     ({"num_heads": (4, 5, 4)}, "`num_heads[1]`=5 must divide `embed_dims[1]`=128"),
-    ({"num_heads": (4, 0, 4)}, "`num_heads[1]`=0 must be a positive integer"),
-    ({"depths": (1, 0, 3)}, "`depths[1]`=0 must be a positive integer"),
+    ({"num_heads": (4, 0, 4)}, "`num_heads[1]`=0 must be an integer >= 1"),
+    ({"depths": (1, 0, 3)}, "`depths[1]`=0 must be an integer >= 1"),
     ({"key_dim": 0}, "`key_dim`=0"),
     ({"v_ratio": 0.0}, "`v_ratio`=0.0 must be a number > 0"),
     ({"v_ratio": 0.01}, "`v_ratio`=0.01 gives value dim"),
     ({"ffn_ratio": -1.0}, "`ffn_ratio`=-1.0 must be a number > 0"),
     ({"sandwich": -1}, "`sandwich`=-1 must be an integer >= 0"),
-    ({"kernels": (5, 4, 5, 5)}, "`kernels[1]`=4 must be a positive odd integer"),
+    ({"kernels": (5, 4, 5, 5)}, "`kernels[1]`=4 must be odd"),
     ({"kernels": (5, 5, 5)}, "`kernels` has 3 entries; it needs at least max(`num_heads`)=4"),
     ({"window_size": 0}, "`window_size`=0"),
 ]
@@ -205,6 +205,55 @@ def test_check_dims_accepts_defaults_and_rejects_bad_narrowing() -> None:
                        "v_ratio": Choice((0.1, 1.0))})
     with pytest.raises(ConfigError, match="at least max"):
         ev.check_dims({"heads_1": Choice((8,)), "width_1": Fixed(64), "num_stages": Fixed(1)})
+
+
+@pytest.mark.parametrize(("dims", "words"), [
+    ({"key_dim": Choice((8, 0))}, ["space.dims.key_dim: value 0", "`key_dim`=0"]),
+    ({"key_dim": Fixed(16.0)}, ["space.dims.key_dim: value 16.0", "integer >= 1"]),
+    ({"sandwich": Choice((1, -1))}, ["space.dims.sandwich: value -1", "`sandwich`=-1"]),
+    ({"window_size": Fixed(0)}, ["space.dims.window_size: value 0", "`window_size`=0"]),
+    ({"depth_2": Choice((2, 0))}, ["space.dims.depth_2: value 0", "`depths[1]`=0"]),
+    ({"num_stages": Choice((2, 5))}, ["space.dims.num_stages: value 5", "at most 4"]),
+    ({"num_stages": Fixed(2.0)}, ["space.dims.num_stages: value 2.0", "integer >= 1"]),
+    ({"width_1": Fixed(36)}, ["space.dims.width_1: value 36", "multiple of 8"]),
+    ({"heads_3": Fixed(0)}, ["space.dims.heads_3: value 0", "`num_heads[2]`=0"]),
+    ({"kernels": Fixed("5,x")}, ["space.dims.kernels: value '5,x'", "comma-separated"]),
+    ({"kernels": Fixed("5,4,5,5")}, ["space.dims.kernels", "`kernels[1]`=4 must be odd"]),
+    ({"ffn_ratio": Fixed(0.0)}, ["space.dims.ffn_ratio: value 0.0", "> 0"]),
+    ({"depth": Fixed(2)}, ["['depth']", "not dimensions of 'efficientvit'"]),
+])
+def test_check_dims_rejects_bad_values_of_every_knob(dims: dict, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        ev.check_dims(dims)
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+def test_check_dims_ignores_stages_that_are_never_drawn() -> None:
+    ev.check_dims({"num_stages": Fixed(2), "depth_3": Fixed(0), "width_4": Fixed(1)})
+
+
+def test_patch_merging_has_no_relu_after_squeeze_excite() -> None:
+    merge = ev.PatchMerging(16, 32).eval()
+    calls: list[int] = []
+    merge.act.register_forward_hook(lambda *_: calls.append(1))
+    se_out: list[torch.Tensor] = []
+    merge.se.register_forward_hook(lambda _m, _i, out: se_out.append(out))
+    conv3_in: list[torch.Tensor] = []
+    merge.conv3.register_forward_pre_hook(lambda _m, args: conv3_in.append(args[0]))
+    with torch.no_grad():
+        merge(torch.randn(2, 16, 8, 8))
+    assert len(calls) == 2  # after conv1 and conv2 only
+    assert conv3_in[0] is se_out[0]
+
+
+def test_no_weight_decay_names_every_attention_bias() -> None:
+    model = ev.build(ev.EfficientViTConfig(img_size=28, stem_stride=4, embed_dims=(16, 32),
+                                           depths=(1, 1), num_heads=(1, 2), kernels=(3, 3)),
+                     num_classes=10)
+    names = model.no_weight_decay()
+    params = dict(model.named_parameters())
+    assert names == {n for n in params if n.endswith("attention_biases")} and len(names) == 2
+    assert all(params[n].ndim == 2 for n in names)  # 2-D: a 1-D filter would decay them
 
 
 def test_eval_folds_batchnorm_without_changing_outputs_or_gradients() -> None:

@@ -18,7 +18,16 @@ from search_spaces.layers.attention import (
     MultiHeadAttention,
     build_attention,
 )
-from search_spaces.vit import DIMS, PRESETS, Block, ViTConfig, build, check_dims, suggest
+from search_spaces.vit import (
+    DIMS,
+    MAX_TOKENS,
+    PRESETS,
+    Block,
+    ViTConfig,
+    build,
+    check_dims,
+    suggest,
+)
 
 torch.set_num_threads(1)
 
@@ -210,16 +219,40 @@ def test_cga_accepts_v_dim_equal_to_split_and_int_ratio_keys_like_float() -> Non
     assert ViTConfig(mlp_ratio=4).key() == ViTConfig(mlp_ratio=4.0).key()
 
 
+# At 224 the default patch sizes 2 and 4 give too many tokens: a search there must narrow.
+AT_224 = {"patch_size": Choice((7, 8, 14, 16))}
+
+
 def test_default_dims_only_yield_valid_configs() -> None:
-    check_dims(DIMS)
+    check_dims(AT_224)  # 7 gives exactly MAX_TOKENS = 32 * 32 tokens
     check_dims({"img_size": Fixed(28), "patch_size": Choice((2, 4, 7, 14))})
+    check_dims({"img_size": Fixed(28), "patch_size": Choice((4, 7))})  # 49 / 16 tokens
+
+
+@pytest.mark.parametrize(("dims", "message"), [
+    ({}, "space.dims: patch_size=2 at img_size=224 gives 12544 tokens (> 1024): narrow "
+         "patch_size"),
+    ({"patch_size": Choice((4, 16))}, "patch_size=4 at img_size=224 gives 3136 tokens"),
+    ({"img_size": Fixed(112), "patch_size": Fixed(2)}, "patch_size=2 at img_size=112 gives "
+                                                       "3136 tokens"),
+])
+def test_check_dims_rejects_patch_sizes_giving_too_many_tokens(dims: dict, message: str) -> None:
+    assert MAX_TOKENS == 1024
+    with pytest.raises(ConfigError) as err:
+        check_dims(dims)
+    assert message in str(err.value), str(err.value)
+
+
+def test_token_limit_binds_search_domains_not_configs() -> None:
+    config = ViTConfig(patch_size=4, depth=1)  # 3136 tokens: explicit configs stay allowed
+    assert config.patch_size == 4 and ViTConfig.from_json(config.to_json()) == config
 
 
 @pytest.mark.parametrize(("dims", "where"), [
     ({"img_size": Fixed(28), "patch_size": Choice((4, 8))}, "space.dims.patch_size"),
     ({"img_size": Choice((28, 32)), "patch_size": Choice((4, 7))}, "7 does not divide"),
     ({"embed_dim": Choice((48, 64)), "num_heads": Choice((2, 3))}, "space.dims.num_heads"),
-    ({"v_dim": Choice((None, 0))}, "space.dims.v_dim"),
+    ({**AT_224, "v_dim": Choice((None, 0))}, "space.dims.v_dim"),
     ({"heads": Fixed(2)}, "['heads']"),
 ])
 def test_check_dims_names_the_bad_dimension(dims: dict, where: str) -> None:

@@ -8,10 +8,19 @@ import pytest
 import torch
 from torch import nn
 
+from search_spaces import efficientvit, vit
 from search_spaces.config import ConfigError
 from search_spaces.output import ModelOutput
 from trainers.data import load_data
-from trainers.loop import FitSettings, NonFiniteLoss, evaluate, fit, lr_at, train_one_epoch
+from trainers.loop import (
+    FitSettings,
+    NonFiniteLoss,
+    build_optimizer,
+    evaluate,
+    fit,
+    lr_at,
+    train_one_epoch,
+)
 
 SETTINGS = FitSettings(epochs=4, batch_size=32, lr=3e-3, warmup_epochs=1, label_smoothing=0.1)
 
@@ -184,3 +193,27 @@ def test_gradient_clipping_bounds_the_update(data) -> None:
 
     assert update_norm(1e-3) == pytest.approx(1e-3, rel=1e-3)  # SGD step = lr x clipped grad
     assert update_norm(None) > 0.01
+
+
+def _decay_of(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Each parameter's name -> the weight decay of its optimizer group."""
+    group_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    return {name: group_of[id(p)] for name, p in model.named_parameters()}
+
+
+def test_optimizer_does_not_decay_position_tables_biases_and_norms() -> None:
+    settings = SETTINGS.replace(weight_decay=0.05)
+    effvit = efficientvit.build(efficientvit.EfficientViTConfig(
+        img_size=28, stem_stride=4, embed_dims=(16, 32), depths=(1, 1), num_heads=(1, 2),
+        kernels=(3, 3)), num_classes=10)
+    decay = _decay_of(effvit, build_optimizer(effvit, settings))
+    biases = [n for n in decay if n.endswith("attention_biases")]
+    assert len(biases) == 2 and all(decay[n] == 0.0 for n in biases)
+    assert decay["head.linear.weight"] == 0.05 and decay["head.linear.bias"] == 0.0
+    assert decay["head.bn.weight"] == 0.0
+    small_vit = vit.build(vit.ViTConfig(img_size=28, patch_size=7, embed_dim=48, depth=1,
+                                        num_heads=2), num_classes=10)
+    decay = _decay_of(small_vit, build_optimizer(small_vit, settings))
+    assert decay["pos_embed"] == 0.0 and decay["cls_token"] == 0.0
+    assert decay["blocks.0.norm1.weight"] == 0.0 and decay["head.bias"] == 0.0
+    assert decay["blocks.0.mlp.fc1.weight"] == 0.05 and decay["patch_embed.proj.weight"] == 0.05
