@@ -9,23 +9,15 @@ from pathlib import Path
 
 import torch
 
+from trainers.measure import describe_device
+
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def header(title: str) -> list[str]:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
     return [f"# {title}", "",
-            f"Machine: {cpu_model()}, {os.cpu_count()} cores, GPU: {gpu}; torch "
+            f"Machine: {describe_device('cpu')}, {os.cpu_count()} cores, GPU: {gpu}; torch "
             f"{torch.__version__}, Python {platform.python_version()}; "
             f"{datetime.date.today().isoformat()}.", ""]
 

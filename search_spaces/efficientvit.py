@@ -27,13 +27,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from timm.layers import SqueezeExcite
 from torch import nn
 
 from .config import Config, ConfigError, check, check_int
 from .dims import Choice, Dim, Fixed, IntRange, TrialLike
 from .layers.cga import WindowedCGA
-from .layers.conv import ConvBN, Residual, depthwise_residual, ffn_residual
+from .layers.conv import PatchMerging, Residual, depthwise_residual, ffn_residual, stem
 from .registry import SearchSpace, register
 
 KIND = "efficientvit"
@@ -42,40 +41,6 @@ MAX_STAGES = 4
 
 
 # ---------------------------------------------------------------------------------- blocks
-def stem(in_chans: int, dim: int, stride: int) -> nn.Sequential:
-    """Four 3x3 ConvBN (widths dim/8, dim/4, dim/2, dim), ReLU between; log2(stride) of them
-    (the first ones) have stride 2."""
-    widths = (in_chans, dim // 8, dim // 4, dim // 2, dim)
-    n_down = stride.bit_length() - 1
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for i in range(4):
-        s = 2 if i < n_down else 1
-        layers[f"conv{i + 1}"] = ConvBN(widths[i], widths[i + 1], 3, stride=s)
-        if i < 3:
-            layers[f"relu{i + 1}"] = nn.ReLU(inplace=True)
-    return nn.Sequential(layers)
-
-
-class PatchMerging(nn.Module):
-    """x2 downsampling: 1x1 to 4x width, ReLU, DW 3x3 stride 2, ReLU, squeeze-excite, 1x1.
-
-    No ReLU after the squeeze-excite (as timm and the official code): its input is >= 0 and
-    its gate is a sigmoid, so one would change nothing but cost a pass over the 4x-wide map.
-    """
-
-    def __init__(self, dim: int, out_dim: int) -> None:
-        super().__init__()
-        hidden = 4 * dim
-        self.conv1 = ConvBN(dim, hidden)
-        self.act = nn.ReLU(inplace=True)
-        self.conv2 = ConvBN(hidden, hidden, 3, stride=2, groups=hidden)
-        self.se = SqueezeExcite(hidden, rd_ratio=0.25)
-        self.conv3 = ConvBN(hidden, out_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv3(self.se(self.act(self.conv2(self.act(self.conv1(x))))))
-
-
 def ffn_hidden(dim: int, ffn_ratio: float) -> int:
     return round(dim * ffn_ratio)
 
