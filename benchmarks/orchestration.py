@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def noop_trainable(config: dict, *, spec: specs.SearchSpec) -> None:
     """Reports one result at once: what is left is pure orchestration."""
     from ray import tune
-    tune.report({"accuracy": 0.5, "latency_ms": 1.0, "epoch": 0, "val_loss": 1.0,
+    tune.report({"accuracy": 0.5, "latency_ms": 1.0, "epoch": spec.train.epochs, "val_loss": 1.0,
                  "trial": config["trial"]})
 
 
