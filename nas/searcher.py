@@ -1,9 +1,9 @@
 """Optuna inside Ray Tune: the sampler from the spec and a searcher that records every metric.
 
 Ray's ``OptunaSearch`` tells Optuna only the objective values, and tells an errored trial
-that had reported before as COMPLETE. Ours stores every reported metric as a user attribute
-first (so constraints may name any metric and the study alone is a full record), and tells an
-errored trial as FAIL.
+that had reported before (or one a scheduler stopped early) as COMPLETE. Ours stores every
+reported metric as a user attribute first (so constraints may name any metric and the study
+alone is a full record), tells an errored trial as FAIL and a stopped one as PRUNED.
 """
 
 from __future__ import annotations
