@@ -18,7 +18,7 @@ from search_spaces.config import ConfigError
 from .export import ExportError, export_trial
 from .pareto import default_reference, hypervolume, pareto_front
 from .results import PLOT, SPEC, ResultsError, fmt, load_results, study_paths
-from .spec import SpecError, parse_objectives
+from .spec import DEFAULT_OBJECTIVES, SpecError, parse_objectives
 
 # configs/quick.yaml, shipped inside the package (a link in the source tree)
 DEFAULT_SPEC = Path(__file__).resolve().parent / "default_spec.yaml"
@@ -87,16 +87,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not (frame["status"] == "complete").any():
         print(f"no trial completed: see `nas show {study_dir}`", file=sys.stderr)
         return 1
-    _print_front(study_dir, [o.label for o in spec.objectives], _constraints(study_dir),
+    _print_front(study_dir, [o.label for o in spec.objectives],
+                 _constraints(_study_spec(study_dir)),
                  "table", study_dir / PLOT)
     print(f"\nresults: {study_dir}   next: nas show {study_dir}   "
           f"nas export {study_dir} --trial N --out DIR")
     return 0
 
 
-def _constraints(study_dir: Path) -> str | None:
+def _constraints(study_spec: dict) -> str | None:
     """The study's own constraints as a --where condition (None if it has none)."""
-    items = _study_spec(study_dir).get("constraints") or []
+    items = study_spec.get("constraints") or []
     return " and ".join(f"({c})" for c in items) or None
 
 
@@ -131,8 +132,8 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, styl
 def cmd_pareto(args: argparse.Namespace) -> int:
     study_dir = study_paths(args.results)
     spec = _study_spec(study_dir)
-    objectives = args.objectives or spec.get("objectives") or ["accuracy:max", "latency_ms:min"]
-    conditions = [] if args.all else [_constraints(study_dir)]
+    objectives = args.objectives or spec.get("objectives") or list(DEFAULT_OBJECTIVES)
+    conditions = [] if args.all else [_constraints(spec)]
     where = " and ".join(f"({w})" for w in [*conditions, args.where] if w) or None
     _print_front(study_dir, objectives, where, args.format,
                  Path(args.plot) if args.plot else None)

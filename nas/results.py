@@ -58,6 +58,8 @@ def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, A
                            "key": key, "config": json.dumps(candidate, sort_keys=True)}
     for name in METRICS:
         row[name] = last.get(name)
+    if status == "infeasible":
+        row["accuracy"] = None  # never trained: the 0.0 it told Optuna is no accuracy
     row["epochs"] = len(history)
     row["train_time_s"] = sum(h.get("epoch_time_s", 0.0) for h in history)
     row.update({k: v for k, v in last.items() if k.startswith("prov_")})

@@ -88,8 +88,6 @@ class ResultsCallback(tune.Callback):
         candidate = trial.config["candidate"]
         row = trial_row(number, status, self.spec.space.name, candidate,
                         _key(self.spec, candidate), last, trained, message)
-        if status == "infeasible":
-            row["accuracy"] = None  # it was never trained
         self.table.add(row)
         return row
 

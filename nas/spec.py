@@ -167,6 +167,9 @@ _TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler"
 _SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
              "latency": LatencySpec, "resources": ResourcesSpec}
 _SECTION_DEFAULTS = {"data": {"name": "fashion-mnist"}}
+_SCALARS = {"trials": int, "concurrent_trials": int, "scheduler": str, "results_dir": str,
+            "ray_address": str | None, "storage": str | None}  # top-level single values
+DEFAULT_OBJECTIVES = ("accuracy:max", "latency_ms:min")
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -298,15 +301,12 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     if not isinstance(name, str) or not _NAME.match(name):
         fail("name", name, "must be a name of letters, digits, '_', '.', '-'")
     sections = {k: _section(cls, raw.get(k), k) for k, cls in _SECTIONS.items()}
-    top = {k: _typed(k, hint, raw[k]) for k, hint in
-           (("trials", int), ("concurrent_trials", int), ("scheduler", str),
-            ("results_dir", str), ("ray_address", str | None), ("storage", str | None))
-           if k in raw}
+    top = {k: _typed(k, hint, raw[k]) for k, hint in _SCALARS.items() if k in raw}
     _at_least("trials", top.get("trials", 8), 1)
     _at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
     if top.get("scheduler", "none") not in ("none", "asha"):
         fail("scheduler", top["scheduler"], "allowed: none, asha")
-    objectives = parse_objectives(raw.get("objectives") or ["accuracy:max", "latency_ms:min"])
+    objectives = parse_objectives(raw.get("objectives") or DEFAULT_OBJECTIVES)
     if top.get("scheduler") == "asha" and "accuracy" not in [o.metric for o in objectives]:
         fail("scheduler", "asha", "needs accuracy among the objectives (it stops on accuracy)")
     if sections["latency"].device == "cuda" and sections["resources"].gpus <= 0:
@@ -369,8 +369,7 @@ def to_yaml(spec: SearchSpec) -> str:
         out[key] = {k: v for k, v in section.items() if k not in PER_TRIAL.get(key, ())}
     out["objectives"] = [o.label for o in spec.objectives]
     out["constraints"] = [str(c) for c in spec.constraints]
-    for key in ("trials", "concurrent_trials", "scheduler", "results_dir", "ray_address",
-                "storage"):
+    for key in _SCALARS:
         out[key] = getattr(spec, key)
     return yaml.safe_dump(_plain(out), sort_keys=False)
 

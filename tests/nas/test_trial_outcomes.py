@@ -77,26 +77,22 @@ def test_each_outcome_is_recorded(outcomes):
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "PRUNED", "COMPLETE", "COMPLETE"]
 
 
-def test_front_honours_constraints_like_optuna(outcomes, tmp_path):
+def test_front_honours_constraints_like_optuna(outcomes, tmp_path, run_nas):
     study, _ = outcomes
     ot = optuna.load_study(study_name="outcomes", storage=f"sqlite:///{study}/study.db")
-    proc = subprocess.run([sys.executable, "-m", "nas", "pareto", str(study), "--format",
-                           "json"], capture_output=True, text=True, check=False, cwd=tmp_path)
+    proc = run_nas("pareto", str(study), "--format", "json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     front = [r["trial"] for r in json.loads(proc.stdout)]
     # trial 4 (0.95 at 4 ms) breaks latency_ms <= 3.5; trial 3 was stopped early
     assert sorted(front) == sorted(t.number for t in ot.best_trials) == [0, 2]
-    loose = subprocess.run([sys.executable, "-m", "nas", "pareto", str(study), "--all",
-                            "--format", "json"], capture_output=True, text=True, check=False,
-                           cwd=tmp_path)
+    loose = run_nas("pareto", str(study), "--all", "--format", "json", cwd=tmp_path)
     assert sorted(r["trial"] for r in json.loads(loose.stdout)) == [0, 2, 4]
 
 
-def test_stopped_and_infeasible_trials_cannot_be_exported(outcomes, tmp_path):
+def test_stopped_and_infeasible_trials_cannot_be_exported(outcomes, tmp_path, run_nas):
     study, _ = outcomes
     for trial, status in ((3, "stopped"), (5, "infeasible")):
-        proc = subprocess.run([sys.executable, "-m", "nas", "export", str(study), "--trial",
-                               str(trial), "--out", str(tmp_path / str(trial))],
-                              capture_output=True, text=True, check=False, cwd=tmp_path)
+        proc = run_nas("export", str(study), "--trial", str(trial), "--out",
+                       str(tmp_path / str(trial)), cwd=tmp_path)
         assert proc.returncode == 2 and f"status is {status!r}" in proc.stderr
         assert not (tmp_path / str(trial)).exists()
