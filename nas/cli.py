@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="export a trial: config.json + model.safetensors")
     ex.add_argument("results")
     ex.add_argument("--trial", type=int, required=True)
+    ex.add_argument("--point", type=int, default=0, help="budget point of an adaptive trial "
+                    "(0 = its trained halting threshold; see `nas pareto`)")
     ex.add_argument("--out", required=True, help="new folder to write")
     return p
 
@@ -91,7 +93,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                  _constraints(_study_spec(study_dir)),
                  "table", study_dir / PLOT)
     print(f"\nresults: {study_dir}   next: nas show {study_dir}   "
-          f"nas export {study_dir} --trial N --out DIR")
+          f"nas export {study_dir} --trial N [--point K] --out DIR")
     return 0
 
 
@@ -107,8 +109,10 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, styl
     objs = parse_objectives(objectives, "--objectives")
     front = pareto_front(frame, objs, where)
     done = frame[frame["status"] == "complete"]
-    cols = [c for c in ["trial", *[o.metric for o in objs], "latency_ms", "macs", "params",
-                        "config"] if c in front.columns]
+    points = "halt_eps" in front.columns and front["halt_eps"].notna().any()
+    cols = [c for c in ["trial", *(["point", "halt_eps"] if points else []),
+                        *[o.metric for o in objs], "latency_ms", "macs", "params", "config"]
+            if c in front.columns]
     cols = list(dict.fromkeys(cols))
     if style == "csv":
         print(front[cols].to_csv(index=False), end="")
@@ -117,7 +121,8 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, styl
     else:
         ref = default_reference(done, objs)
         hv = hypervolume(front, objs, ref) if len(front) else 0.0
-        print(f"Pareto front of {study_dir} ({len(front)} of {len(done)} completed trials; "
+        print(f"Pareto front of {study_dir} ({len(front)} of {len(done)} rows of completed "
+              f"trials, budget points included; "
               f"objectives {', '.join(o.label for o in objs)}"
               f"{'; where ' + where if where else ''})")
         print(front[[c for c in cols if c != "config"]].to_string(index=False,
@@ -142,11 +147,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     study_dir = study_paths(args.results)
-    frame = load_results(study_dir)
+    rows = load_results(study_dir)
+    frame = rows[rows["point"] == 0].reset_index(drop=True)  # a trial's trained point
     counts = frame["status"].value_counts().to_dict()
     print(f"study {study_dir.name}: {len(frame)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})")
     table = frame[[c for c in SHOWN if c in frame.columns]].copy()
+    per_trial = rows.groupby("trial")["point"].count()
+    if (per_trial > 1).any():  # adaptive trials: their other points are in `nas pareto`
+        table.insert(1, "points", frame["trial"].map(per_trial).to_numpy())
     archs = [_summary(r["space"], r["config"]).split() for _, r in frame.iterrows()]
     common = [t for t in archs[0] if all(t in a for a in archs)] if archs else []
     table["architecture"] = [" ".join(t for t in a if t not in common) for a in archs]
@@ -166,8 +175,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out = export_trial(study_paths(args.results), args.trial, args.out)
-    print(f"exported trial {args.trial} to {out} (config.json, model.safetensors, "
+    out = export_trial(study_paths(args.results), args.trial, args.out, point=args.point)
+    at = f" point {args.point}" if args.point else ""
+    print(f"exported trial {args.trial}{at} to {out} (config.json, model.safetensors, "
           f"metrics.json); load with nas.load_exported({str(out)!r})")
     return 0
 

@@ -32,13 +32,17 @@ class ExportError(ValueError):
     """The trial cannot be exported, or an export folder cannot be loaded."""
 
 
-def _trial_row(study_dir: Path, trial: int) -> dict[str, Any]:
+def _trial_row(study_dir: Path, trial: int, point: int) -> dict[str, Any]:
     frame = load_results(study_dir)
     rows = frame[frame["trial"] == trial]
     if rows.empty:
         raise ExportError(f"--trial = {trial}: no such trial in {study_dir}; trials: "
-                          f"{sorted(frame['trial'].tolist())}")
-    row = rows.iloc[0].to_dict()
+                          f"{sorted(set(frame['trial'].tolist()))}")
+    at = rows[rows["point"] == point]
+    if at.empty:
+        raise ExportError(f"--point = {point}: trial {trial} has budget points "
+                          f"{sorted(rows['point'].tolist())}")
+    row = at.iloc[0].to_dict()
     if row["status"] != "complete":
         raise ExportError(f"--trial = {trial}: status is {row['status']!r}; only complete "
                           f"trials have final weights")
@@ -52,16 +56,19 @@ def _probe(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Te
         return {"input": x, "logits": logits_of(model.eval()(x)).float()}
 
 
-def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str) -> Path:
+def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str, *,
+                 point: int = 0) -> Path:
     """Write the trial's architecture, weights and metrics to ``out_dir`` (new or empty).
 
+    ``point`` picks a budget point of an adaptive trial: its halting threshold is written
+    into the exported config, so the reloaded model behaves (and costs) as that row says.
     All or nothing: the files are written to a staging folder beside ``out_dir`` that is
     renamed at the end, and removed if anything fails.
     """
     study_dir, out_dir = Path(study_dir), Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError(f"--out = {str(out_dir)!r}: exists and is not an empty folder")
-    row = _trial_row(study_dir, trial)
+    row = _trial_row(study_dir, trial, point)
     src = study_dir / TRIALS / str(trial)
     missing = [n for n in ("candidate.json", "input.json", WEIGHTS, "history.json")
                if not (src / n).is_file()]
@@ -69,13 +76,16 @@ def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str) -> Path
         raise ExportError(f"--trial = {trial}: its folder {src} lacks {missing}")
     inputs = json.loads((src / "input.json").read_text())
     candidate = json.loads((src / "candidate.json").read_text())
+    if _jsonable(row.get("halt_eps")) is not None:
+        candidate["halt_eps"] = float(row["halt_eps"])
     model = build_model(row["space"], candidate, inputs)
     model.load_state_dict(load_file(str(src / WEIGHTS)))
     metrics = {k: _jsonable(v) for k, v in row.items() if k != "config"}
     metrics["history"] = json.loads((src / "history.json").read_text())
     config = {"format": FORMAT_VERSION, "space": row["space"], "config": candidate,
               "input": inputs,
-              "source": {"study": study_dir.name, "trial": trial, "key": row["key"]},
+              "source": {"study": study_dir.name, "trial": trial, "point": point,
+                         "key": row["key"]},
               "provenance": {"torch": torch.__version__,
                              **{k: _jsonable(v) for k, v in row.items()
                                 if k.startswith("prov_")}}}

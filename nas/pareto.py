@@ -41,7 +41,11 @@ def filter_rows(frame: pd.DataFrame, where: str | None) -> pd.DataFrame:
 
 def pareto_front(frame: pd.DataFrame, objectives: Sequence[str | Objective],
                  where: str | None = None) -> pd.DataFrame:
-    """The non-dominated completed rows of ``frame`` for ``objectives``, best first."""
+    """The non-dominated completed rows of ``frame`` for ``objectives``, best first.
+
+    Every budget point is a candidate; among a trial's points with equal objective values
+    only the first (lowest point) is kept.
+    """
     objs = parse_objectives(objectives)
     missing = [o.metric for o in objs if o.metric not in frame.columns]
     if missing:
@@ -51,6 +55,8 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[str | Objective],
     if "status" in rows.columns:
         rows = rows[rows["status"] == "complete"]
     rows = filter_rows(rows, where).dropna(subset=[o.metric for o in objs])
+    if "point" in rows.columns:  # budget points of one trial that change nothing: the first
+        rows = rows.drop_duplicates(subset=["trial", *[o.metric for o in objs]])
     front = rows[non_dominated(_as_minimised(rows, objs))]
     first = objs[0]
     return front.sort_values(first.metric, ascending=first.direction == "min", kind="stable")

@@ -3,7 +3,9 @@
 results/<study>/
   spec.yaml        the resolved spec that ran
   study.db         the Optuna study (SQLite; the record of truth for completed trials)
-  trials.parquet   one row per trial: config (JSON), objectives, status, timings, provenance
+  trials.parquet   one row per (trial, budget point): config (JSON), objectives, status,
+                   timings, provenance. A static trial has one row (point 0); an adaptive
+                   one a row per halting threshold (point, halt_eps), point 0 the trained one
   trials/<n>/      the trial's final weights (model.safetensors), candidate.json, history.json
   ray/             Ray Tune's own experiment folder
   pareto.png       the front, drawn after the search
@@ -44,18 +46,37 @@ def study_paths(study_dir: Path | str) -> Path:
     return path
 
 
+POINT_KEYS = ("point", "halt_eps", "accuracy", "val_loss", "macs", "full_macs", "tokens_kept",
+              "latency_ms", "latency_p90_ms", "latency_spread")
+
+
 def load_results(study_dir: Path | str) -> pd.DataFrame:
-    """The study's ``trials.parquet`` as a DataFrame, one row per trial, sorted by trial."""
+    """The study's ``trials.parquet`` as a DataFrame, one row per (trial, budget point),
+    sorted by trial and point."""
     frame = pd.read_parquet(study_paths(study_dir) / TABLE)
-    return frame.sort_values("trial", kind="stable").reset_index(drop=True)
+    if "point" not in frame.columns:  # a study written before budget points existed
+        frame["point"] = 0
+    return frame.sort_values(["trial", "point"], kind="stable").reset_index(drop=True)
+
+
+def trial_rows(trial_number: int, status: str, space: str, candidate: dict[str, Any],
+               key: str, last: dict[str, Any], history: list[dict[str, Any]],
+               error: str = "") -> list[dict[str, Any]]:
+    """The rows of ``trials.parquet`` for a trial's final report: one per budget point it
+    reported (``points``, JSON), or one (point 0)."""
+    row = trial_row(trial_number, status, space, candidate, key, last, history, error)
+    points = json.loads(last["points"]) if last.get("points") else []
+    return [{**row, **{k: p.get(k) for k in POINT_KEYS}} for p in points] or [row]
 
 
 def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, Any],
               key: str, last: dict[str, Any], history: list[dict[str, Any]],
               error: str = "") -> dict[str, Any]:
-    """One row of ``trials.parquet`` from a trial's final report."""
-    row: dict[str, Any] = {"trial": trial_number, "status": status, "space": space,
-                           "key": key, "config": json.dumps(candidate, sort_keys=True)}
+    """One row of ``trials.parquet`` from a trial's final report (its point 0)."""
+    row: dict[str, Any] = {"trial": trial_number, "point": 0,
+                           "halt_eps": last.get("halt_eps"), "status": status,
+                           "space": space, "key": key,
+                           "config": json.dumps(candidate, sort_keys=True)}
     for name in METRICS:
         row[name] = last.get(name)
     if status == "infeasible":
@@ -74,8 +95,14 @@ class TableWriter:
         self.path = study_dir / TABLE
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.rows = [r for r in self.rows if r["trial"] != row["trial"]] + [row]
+    @property
+    def trials(self) -> int:
+        return len({r["trial"] for r in self.rows})
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        """Write a trial's rows (replacing any it had)."""
+        trials = {r["trial"] for r in rows}
+        self.rows = [r for r in self.rows if r["trial"] not in trials] + list(rows)
         tmp = self.path.with_suffix(".tmp")
         pd.DataFrame(self.rows).to_parquet(tmp, index=False)
         os.replace(tmp, self.path)

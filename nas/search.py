@@ -29,7 +29,7 @@ from .results import (
     fmt,
     progress_line,
     store_trial_files,
-    trial_row,
+    trial_rows,
 )
 from .searcher import make_searcher, trial_status
 from .spec import SearchSpec, SpecError, to_yaml
@@ -74,7 +74,7 @@ class ResultsCallback(tune.Callback):
             self.printer(f"  trial {number}: could not record its results: "
                          f"{type(err).__name__}: {err}")
             return
-        self.printer(progress_line(len(self.table.rows), self.spec.trials, row,
+        self.printer(progress_line(self.table.trials, self.spec.trials, row,
                                    self.spec.metric_names, self.started))
 
     def _record(self, trial: Any, number: int, error: bool) -> dict[str, Any]:
@@ -86,10 +86,15 @@ class ResultsCallback(tune.Callback):
         store_trial_files(self.study_dir, number, trial.checkpoint if trained else None,
                           trained)
         candidate = trial.config["candidate"]
-        row = trial_row(number, status, self.spec.space.name, candidate,
-                        _key(self.spec, candidate), last, trained, message)
-        self.table.add(row)
-        return row
+        rows = trial_rows(number, status, self.spec.space.name, candidate,
+                          _key(self.spec, candidate), last, trained, message)
+        self.table.add(rows)
+        if len(rows) > 1:
+            self.printer(f"  trial {number}: {len(rows)} budget points, halt_eps "
+                         f"{rows[0]['halt_eps']:g}..{rows[-1]['halt_eps']:g}: accuracy "
+                         f"{fmt(rows[0]['accuracy'])}..{fmt(rows[-1]['accuracy'])}, macs "
+                         f"{fmt(rows[0]['macs'])}..{fmt(rows[-1]['macs'])}")
+        return rows[0]
 
 
 def _key(spec: SearchSpec, candidate: dict[str, Any]) -> str:

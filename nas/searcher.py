@@ -20,7 +20,7 @@ from search_spaces.dims import Dim
 
 from .spec import METRICS, Constraint, SearchSpec
 
-RECORDED = (*METRICS, "epoch", "infeasible")
+RECORDED = (*METRICS, "epoch", "infeasible", "halt_eps")
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:

@@ -25,11 +25,13 @@ from trainers.loop import FitSettings
 
 # What a trial reports and the results table keeps, beside the per-epoch history.
 METRICS = ("accuracy", "val_loss", "train_loss", "latency_ms", "latency_p90_ms",
-           "latency_spread", "macs", "params")
+           "latency_spread", "macs", "params", "full_macs", "tokens_kept")
 OBJECTIVES = ("accuracy", "latency_ms", "macs", "params")
 CONSTRAINABLE = ("accuracy", "val_loss", "latency_ms", "latency_p90_ms", "macs", "params")
-# Known before training: a candidate that breaks a constraint on these is not trained.
+# Known before training: a candidate that breaks a constraint on these is not trained. For
+# an adaptive candidate (halting) only params are: its MACs and latency depend on its data.
 COSTS = ("latency_ms", "latency_p90_ms", "macs", "params")
+STATIC_COSTS = ("params",)
 # Keys of the trainers' settings that a trial decides for itself, not the spec.
 PER_TRIAL = {"data": ("device", "load_test"), "train": ("device",)}
 
@@ -60,6 +62,20 @@ class LatencySpec:
         for name in ("batch_size", "threads", "repeats", "rounds"):
             _at_least(f"latency.{name}", getattr(self, name), 1)
         _at_least("latency.warmup", self.warmup, 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BudgetSpec:
+    """Operating points of adaptive candidates: ``points`` halting thresholds per trained
+    model, from the trained one (point 0) evenly up to ``max_eps``; each is a results row."""
+
+    points: int = 5
+    max_eps: float = 0.95
+
+    def __post_init__(self) -> None:
+        _at_least("budget.points", self.points, 1)
+        if not 0 < self.max_eps < 1:
+            fail("budget.max_eps", self.max_eps, "must be in (0, 1)")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,6 +150,7 @@ class SearchSpec:
     sampler: SamplerSpec
     latency: LatencySpec
     resources: ResourcesSpec
+    budget: BudgetSpec = dataclasses.field(default_factory=BudgetSpec)
     trials: int = 8
     concurrent_trials: int = 1
     scheduler: str = "none"
@@ -162,10 +179,10 @@ def _at_least(field: str, value: float, low: float) -> None:
 # ---------------------------------------------------------------- parsing raw YAML values
 
 _TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler", "latency",
-        "resources", "trials", "concurrent_trials", "scheduler", "results_dir", "ray_address",
-        "storage"}
+        "resources", "budget", "trials", "concurrent_trials", "scheduler", "results_dir",
+        "ray_address", "storage"}
 _SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
-             "latency": LatencySpec, "resources": ResourcesSpec}
+             "latency": LatencySpec, "resources": ResourcesSpec, "budget": BudgetSpec}
 _SECTION_DEFAULTS = {"data": {"name": "fashion-mnist"}}
 _SCALARS = {"trials": int, "concurrent_trials": int, "scheduler": str, "results_dir": str,
             "ray_address": str | None, "storage": str | None}  # top-level single values

@@ -1,5 +1,10 @@
 """The Ray Tune trainable: one candidate's config -> build -> measure -> fit -> report.
 
+Adaptive candidates (halting ViTs) cost what their data makes them run: before training only
+their parameters (and full MACs) are known, and after the last epoch they are evaluated at
+``budget.points`` halting thresholds (trainers.budget); the final report carries point 0 (the
+trained threshold: what Optuna sees) and every point as JSON (one results row each).
+
 It lives in a package module (not a script) so that Ray workers import it, and with it the
 torchvision compatibility shim, by name.
 """
@@ -17,12 +22,15 @@ from ray import tune
 from safetensors.torch import save_file
 
 import search_spaces
+from search_spaces.config import Config
+from trainers.budget import TokenCost, budget_points, default_knobs
 from trainers.data import load_data
 from trainers.loop import fit
-from trainers.measure import count_macs, count_params, measure_latency
+from trainers.losses import objective_for
+from trainers.measure import Latency, count_macs, count_params, measure_latency
 
 from .gate import MeasurementGate, gate_name
-from .spec import COSTS, SearchSpec
+from .spec import COSTS, STATIC_COSTS, SearchSpec
 
 WEIGHTS = "model.safetensors"
 CANDIDATE = "candidate.json"
@@ -53,26 +61,68 @@ class GatedData:
         return self._gated(self._data.val_batches(*args, **kwargs))
 
 
-def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
-                  gate: MeasurementGate) -> dict[str, Any]:
-    """Params, MACs and latency of ``model`` (latency on an otherwise idle device)."""
+def is_adaptive(candidate: Config) -> bool:
+    """Whether the candidate's cost depends on its input (a halting ViT)."""
+    return getattr(candidate, "token_policy", "static") == "halting"
+
+
+def timed(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
+          gate: MeasurementGate, images: torch.Tensor | None = None) -> Latency:
+    """The spec's latency measurement of ``model``, on an otherwise idle device."""
     lat = spec.latency
     with gate.measurement():
-        latency = measure_latency(
+        return measure_latency(
             model, input_shape=input_shape, batch_size=lat.batch_size, device=lat.device,
             dtype=getattr(torch, lat.dtype), threads=lat.threads, warmup=lat.warmup,
-            repeats=lat.repeats, rounds=lat.rounds)
-    prov = {f"prov_{k}": v for k, v in latency.provenance.items()}
+            repeats=lat.repeats, rounds=lat.rounds, inputs=images)
+
+
+def latency_metrics(latency: Latency) -> dict[str, Any]:
+    return {"latency_ms": latency.median_ms, "latency_p90_ms": latency.p90_ms,
+            "latency_spread": latency.spread,
+            **{f"prov_{k}": v for k, v in latency.provenance.items()}}
+
+
+def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
+                  gate: MeasurementGate, *, adaptive: bool = False) -> dict[str, Any]:
+    """Params, MACs and latency of ``model``. An adaptive model gets params and its full
+    MACs only: what it runs (and so its latency) depends on data it has not learnt yet."""
     with gate.training_step():  # tracing for MACs is work like training: keep it apart
-        macs = count_macs(model, input_shape)
-    return {"params": count_params(model), "macs": macs, "latency_ms": latency.median_ms,
-            "latency_p90_ms": latency.p90_ms, "latency_spread": latency.spread, **prov}
+        macs = TokenCost.of(model, input_shape).full() if adaptive else count_macs(
+            model, input_shape)
+    costs = {"params": count_params(model), "macs": macs, "full_macs": macs}
+    if adaptive:
+        return costs
+    return {**costs, **latency_metrics(timed(model, spec, input_shape, gate))}
 
 
-def broken_cost_constraints(spec: SearchSpec, costs: dict[str, Any]) -> list[str]:
-    """The spec's constraints on costs (known before training) that ``costs`` break."""
+def broken_cost_constraints(spec: SearchSpec, costs: dict[str, Any], *,
+                            adaptive: bool = False) -> list[str]:
+    """The spec's constraints on costs known before training that ``costs`` break."""
+    known = STATIC_COSTS if adaptive else COSTS
     return [f"{c} ({c.metric}={costs[c.metric]:.4g})" for c in spec.constraints
-            if c.metric in COSTS and not c.holds(costs[c.metric])]
+            if c.metric in known and not c.holds(costs[c.metric])]
+
+
+def budget_report(candidate: Config, model: torch.nn.Module, data: Any, gated: Any,
+                  spec: SearchSpec, gate: MeasurementGate) -> dict[str, Any]:
+    """Point 0's accuracy and costs, and every budget point as JSON under ``points``."""
+    shape = (data.in_chans, data.img_size, data.img_size)
+    images = next(iter(data.val_batches(spec.latency.batch_size)))[0]
+    latencies: list[Latency] = []
+
+    def measure(net: torch.nn.Module) -> Latency:
+        latencies.append(timed(net, spec, shape, gate, images))
+        return latencies[-1]
+
+    with gate.training_step():
+        cost = TokenCost.of(model, shape)
+    knobs = default_knobs(candidate.halt_eps, spec.budget.points, stop=spec.budget.max_eps)
+    eval_batch = spec.train.eval_batch_size or 2 * spec.train.batch_size
+    points = budget_points(spec.space.name, candidate, model, gated, knobs=knobs,
+                           batch_size=eval_batch, measure=measure, cost=cost)
+    first = {k: v for k, v in points[0].items() if k != "point"}
+    return {**first, **latency_metrics(latencies[0]), "points": json.dumps(points)}
 
 
 def trial_device(spec: SearchSpec) -> str:
@@ -101,22 +151,28 @@ def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
             model = space.build(candidate, num_classes=data.num_classes,
                                 in_chans=data.in_chans)
         shape = (data.in_chans, data.img_size, data.img_size)
-        costs = {**measure_costs(model, spec, shape, gate), "trial": config["trial"]}
-        broken = broken_cost_constraints(spec, costs)
+        adaptive = is_adaptive(candidate)
+        costs = {**measure_costs(model, spec, shape, gate, adaptive=adaptive),
+                 "trial": config["trial"]}
+        broken = broken_cost_constraints(spec, costs, adaptive=adaptive)
         if broken:
             tune.report({**costs, "accuracy": 0.0, "epoch": 0,
                          "infeasible": "; ".join(broken)})
             return
         model.to(device)
+        gated = GatedData(data, gate, device)
 
         def report(metrics: dict[str, Any]) -> None:
+            final = {}
+            if adaptive and metrics["epoch"] == spec.train.epochs:
+                final = budget_report(candidate, model, data, gated, spec, gate)
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, config["candidate"], input_info(data))
-                tune.report({**metrics, **costs},
+                tune.report({**metrics, **costs, **final},
                             checkpoint=tune.Checkpoint.from_directory(folder))
 
-        fit(model, GatedData(data, gate, device), spec.train.replace(device=device),
-            report=report)
+        fit(model, gated, spec.train.replace(device=device), report=report,
+            loss_fn=objective_for(candidate, label_smoothing=spec.train.label_smoothing))
 
 
 def input_info(data: Any) -> dict[str, Any]:

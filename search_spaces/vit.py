@@ -13,8 +13,10 @@ the class token. Module names follow timm's ``VisionTransformer``, so the ``deit
 Search options beyond DeiT (PAPERS.md section 1): per-head Q/K and V widths, cascaded group
 attention (``attn="cga"``) and the "sandwich" layout (``sandwich=k``: k extra FFN sub-blocks
 before each attention, raising the FFN share of the network as EfficientViT found useful).
-Token policies (A-ViT halting, AdaViT gates) will wrap the block loop: blocks take
-``forward(x, mask=None)`` and expose their two residual branches.
+Token policies wrap the block loop: ``token_policy="halting"`` is A-ViT's adaptive token
+halting (search_spaces/halting.py); such a model returns ``ModelOutput(logits, aux)`` and runs
+the masked path in training mode and the token-removal path in eval mode. Blocks take
+``forward(x, mask=None)`` and expose their two residual branches (for gating policies).
 """
 
 from __future__ import annotations
@@ -28,11 +30,13 @@ from torch import nn
 
 from .config import Config, ConfigError, check, check_int
 from .dims import Choice, Dim, Fixed, IntRange, TrialLike
+from .halting import HaltingParams, forward_masked, forward_removal
 from .layers.attention import ATTENTION_KINDS, build_attention
 from .layers.mlp import Mlp
+from .output import ModelOutput
 from .registry import SearchSpace, register
 
-TOKEN_POLICIES = ("static",)
+TOKEN_POLICIES = ("static", "halting")
 LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon
 MAX_TOKENS = 1024  # most patch tokens a search domain may give (attention memory ~ tokens^2)
 
@@ -96,8 +100,10 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, *, img_size: int, patch_size: int, in_chans: int, num_classes: int,
                  embed_dim: int, depth: int, num_heads: int, qk_dim: int | None,
-                 v_dim: int | None, mlp_ratio: float, attn: str, sandwich: int) -> None:
+                 v_dim: int | None, mlp_ratio: float, attn: str, sandwich: int,
+                 halting: HaltingParams | None = None) -> None:
         super().__init__()
+        self.halting = halting
         num_patches = (img_size // patch_size) ** 2
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -125,11 +131,16 @@ class VisionTransformer(nn.Module):
         """Logits from the class token (LayerNorm acts per token: norming it alone suffices)."""
         return self.head(self.norm(tokens[:, 0]))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | ModelOutput:
+        """Logits; with halting, ``ModelOutput`` (masked path in training, removal in eval)."""
         tokens = self.embed(x)
-        for block in self.blocks:
-            tokens = block(tokens)
-        return self.forward_head(tokens)
+        if self.halting is None:
+            for block in self.blocks:
+                tokens = block(tokens)
+            return self.forward_head(tokens)
+        run = forward_masked if self.training else forward_removal
+        cls, aux = run(self.blocks, tokens, self.halting)
+        return ModelOutput(self.head(self.norm(cls)), aux)
 
 
 def init_weights(model: nn.Module, std: float = 0.02) -> None:
@@ -155,12 +166,22 @@ _INT_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "san
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ViTConfig(Config):
     """One isotropic ViT. ``qk_dim``/``v_dim`` are per head; None means embed_dim // num_heads.
+    ``num_heads`` must divide ``embed_dim`` unless attn="mhsa" gives both widths explicitly
+    (e.g. a head-pruned model, trainers/pruning.py).
 
     ``attn="cga"`` uses the input split embed_dim // num_heads as its value width, so v_dim
     must then be None or equal to it. ``sandwich=k`` puts k extra (LayerNorm + MLP) residual
     sub-blocks before the attention of every block (0 = the standard ViT block); each block
-    then has one attention and k + 1 FFNs. ``token_policy`` is "static" (every token passes
-    every block); halting and gating policies are later additions.
+    then has one attention and k + 1 FFNs.
+
+    ``token_policy``: "static" (every token passes every block) or "halting" (A-ViT). The
+    ``halt_*`` fields matter only for "halting": score scale ``halt_gamma`` and offset
+    ``halt_beta``; the loss targets ``halt_target`` (target halting depth as a fraction of
+    ``depth``; the paper's 8 of 12), ``halt_ponder`` (ponder weight alpha_p; None = the
+    paper's 5e-4 at depth 12 scaled by 12 / depth, the same pressure per block) and
+    ``halt_prior`` (weight alpha_d of the KL to the Gaussian depth prior); and the
+    inference-time knob ``halt_eps`` (a token halts once its cumulative score reaches
+    1 - eps; raising it trades accuracy for compute without retraining).
     """
 
     KIND: ClassVar[str] = "vit"
@@ -176,6 +197,12 @@ class ViTConfig(Config):
     attn: str = "mhsa"
     sandwich: int = 0
     token_policy: str = "static"
+    halt_gamma: float = 10.0
+    halt_beta: float = -30.0
+    halt_target: float = 8 / 12
+    halt_ponder: float | None = None
+    halt_prior: float = 1e-3
+    halt_eps: float = 0.01
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -186,12 +213,36 @@ class ViTConfig(Config):
         check(isinstance(self.mlp_ratio, (int, float)) and not isinstance(self.mlp_ratio, bool)
               and self.mlp_ratio > 0, f"`mlp_ratio`={self.mlp_ratio!r} must be a number > 0")
         self._check_relations()
+        self._check_halting()
+
+    def _check_halting(self) -> None:
+        for name in ("halt_gamma", "halt_beta", "halt_target", "halt_prior", "halt_eps",
+                     "halt_ponder"):
+            value = getattr(self, name)
+            check(value is None and name == "halt_ponder" or isinstance(value, (int, float))
+                  and not isinstance(value, bool), f"`{name}`={value!r} must be a number")
+        check(self.halt_gamma > 0, f"`halt_gamma`={self.halt_gamma} must be > 0")
+        check(0 < self.halt_target <= 1,
+              f"`halt_target`={self.halt_target} must be in (0, 1] (a fraction of depth)")
+        check(self.halt_ponder is None or self.halt_ponder >= 0,
+              f"`halt_ponder`={self.halt_ponder} must be None or >= 0")
+        check(self.halt_prior >= 0, f"`halt_prior`={self.halt_prior} must be >= 0")
+        check(0 < self.halt_eps < 1, f"`halt_eps`={self.halt_eps} must be in (0, 1)")
+
+    def halting_params(self) -> HaltingParams | None:
+        """The model's halting settings, or None for a static model."""
+        if self.token_policy != "halting":
+            return None
+        return HaltingParams(gamma=self.halt_gamma, beta=self.halt_beta, eps=self.halt_eps)
 
     def _check_relations(self) -> None:
         check(self.img_size % self.patch_size == 0,
               f"`patch_size`={self.patch_size} must divide `img_size`={self.img_size}")
-        check(self.embed_dim % self.num_heads == 0,
-              f"`num_heads`={self.num_heads} must divide `embed_dim`={self.embed_dim}")
+        # explicit per-head widths free MHSA from the split (head-pruned models need that)
+        free = self.attn == "mhsa" and self.qk_dim is not None and self.v_dim is not None
+        check(free or self.embed_dim % self.num_heads == 0,
+              f"`num_heads`={self.num_heads} must divide `embed_dim`={self.embed_dim} "
+              "(unless attn='mhsa' with explicit qk_dim and v_dim)")
         check(int(self.embed_dim * self.mlp_ratio) >= 1,
               f"`mlp_ratio`={self.mlp_ratio} times `embed_dim`={self.embed_dim} must be >= 1")
         check(self.attn in ATTENTION_KINDS,
@@ -215,7 +266,10 @@ PRESETS: dict[str, ViTConfig] = {
 # Every width is a multiple of 12, so every head count divides every width; every patch size
 # divides 224, but 2 and 4 give too many tokens there (> MAX_TOKENS): they are for small
 # images, and a search at 224 must narrow patch_size. v_dim None means embed_dim // num_heads;
-# it is drawn only for attn="mhsa".
+# it is drawn only for attn="mhsa". The halt_* knobs are drawn only for token_policy="halting";
+# halt_beta goes well above the paper's -30 (tuned for fine-tuning DeiT, whose residual stream
+# is large) because short runs from scratch start with small activations. halt_eps, the
+# inference-time threshold, stays at its trained value: budget points move it afterwards.
 DIMS: dict[str, Dim] = {
     "img_size": Fixed(224),
     "patch_size": Choice((2, 4, 7, 8, 14, 16)),
@@ -227,8 +281,15 @@ DIMS: dict[str, Dim] = {
     "mlp_ratio": Choice((2.0, 3.0, 4.0)),
     "attn": Choice(("mhsa", "cga")),
     "sandwich": Choice((0, 1)),
-    "token_policy": Fixed("static"),
+    "token_policy": Choice(("static", "halting")),
+    "halt_gamma": Choice((5.0, 10.0)),
+    "halt_beta": Choice((-30.0, -15.0, -5.0)),
+    "halt_target": Choice((0.33, 0.5, 0.67, 0.83)),
+    "halt_ponder": Choice((None, 2e-3, 1e-2)),
+    "halt_prior": Choice((0.0, 1e-3, 1e-2)),
+    "halt_eps": Fixed(0.01),
 }
+HALT_KNOBS = ("halt_gamma", "halt_beta", "halt_target", "halt_ponder", "halt_prior", "halt_eps")
 
 
 def check_dims(dims: Mapping[str, Dim]) -> None:
@@ -280,8 +341,12 @@ def _check_tokens(dims: Mapping[str, Dim]) -> None:
 
 # --------------------------------------------------------------------------- suggest, build
 def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> ViTConfig:
-    """Draw one config; ``v_dim`` is a conditional knob, drawn only when attn is "mhsa"."""
+    """Draw one config. Conditional knobs: ``v_dim`` is drawn only when attn is "mhsa", the
+    ``halt_*`` knobs only when token_policy is "halting"."""
     attn = dims["attn"].suggest(trial, "attn")
+    policy = dims["token_policy"].suggest(trial, "token_policy")
+    halting = {name: dims[name].suggest(trial, name) for name in HALT_KNOBS
+               } if policy == "halting" else {}
     return ViTConfig(
         img_size=dims["img_size"].suggest(trial, "img_size"),
         patch_size=dims["patch_size"].suggest(trial, "patch_size"),
@@ -293,7 +358,8 @@ def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> ViTConfig:
         mlp_ratio=dims["mlp_ratio"].suggest(trial, "mlp_ratio"),
         attn=attn,
         sandwich=dims["sandwich"].suggest(trial, "sandwich"),
-        token_policy=dims["token_policy"].suggest(trial, "token_policy"),
+        token_policy=policy,
+        **halting,
     )
 
 
@@ -305,6 +371,7 @@ def build(config: ViTConfig, *, num_classes: int, in_chans: int = 3) -> VisionTr
         num_classes=num_classes, embed_dim=config.embed_dim, depth=config.depth,
         num_heads=config.num_heads, qk_dim=config.qk_dim, v_dim=config.v_dim,
         mlp_ratio=config.mlp_ratio, attn=config.attn, sandwich=config.sandwich,
+        halting=config.halting_params(),
     )
 
 

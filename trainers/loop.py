@@ -259,11 +259,16 @@ def train_one_epoch(
 
 
 def evaluate(
-    model: nn.Module, batches: Iterable[Batch], *, amp_dtype: torch.dtype | None = None
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    on_output: Callable[[torch.Tensor | ModelOutput], None] | None = None,
 ) -> dict[str, float]:
     """Top-1 accuracy (0..1), mean plain cross-entropy and example count ``n`` over ``batches``.
 
     Runs in eval mode under inference_mode and restores the model's previous mode.
+    ``on_output`` sees each batch's raw output (e.g. to collect a dynamic model's aux).
     """
     was_training, device = model.training, _device_of(model)
     model.eval()
@@ -272,7 +277,10 @@ def evaluate(
         with torch.inference_mode(), _autocast(device, amp_dtype):
             for x, y in batches:
                 x, y = x.to(device), y.to(device)
-                logits = logits_of(model(x)).float()
+                output = model(x)
+                if on_output is not None:
+                    on_output(output)
+                logits = logits_of(output).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(dim=-1) == y).sum()
                 n += len(y)

@@ -102,8 +102,12 @@ def measure_latency(
     warmup: int = 10,
     repeats: int = 30,
     rounds: int = 5,
+    inputs: torch.Tensor | None = None,
 ) -> Latency:
     """Latency of a forward pass on a batch of ``batch_size`` samples of ``input_shape``.
+
+    The batch is seeded random data, or the first ``batch_size`` rows of ``inputs`` (real
+    images: a data-dependent model, such as a halting one, must be timed on real data).
 
     Measures a copy moved to ``device``/``dtype`` in eval mode under inference_mode, so the
     caller's model keeps its device, dtype and mode. ``warmup`` untimed calls, then ``rounds``
@@ -116,7 +120,13 @@ def measure_latency(
             raise ValueError(f"`{name}` must be >= 1, got {name}={value}")
     device = torch.device(device)
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
-    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    if inputs is not None:
+        if len(inputs) < batch_size or tuple(inputs.shape[1:]) != tuple(input_shape):
+            raise ValueError(f"`inputs` of shape {tuple(inputs.shape)} must hold >= "
+                             f"{batch_size} samples of shape {tuple(input_shape)}")
+        x = inputs[:batch_size]
+    else:
+        x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
     x = x.to(device=device, dtype=dtype)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -131,6 +141,7 @@ def measure_latency(
         "device": describe_device(device),
         "torch": torch.__version__,
         "input_shape": list(input_shape),
+        "input": "random" if inputs is None else "data",
         "dtype": str(dtype).removeprefix("torch."),
         "warmup": warmup,
         **counts,
