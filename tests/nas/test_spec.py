@@ -87,6 +87,10 @@ BAD = [
     ("space.dims.colour", 3, "space.dims.colour"),
     ("space.dims.img_size", 32, "space.dims.img_size"),
     ("space.extra", 1, "space.extra"),
+    ("budget.points", 0, "budget.points"),
+    ("budget.points", 2.5, "budget.points"),
+    ("budget.max_eps", 1.0, "budget.max_eps"),
+    ("budget.thresholds", [0.1], "budget.thresholds"),
 ]
 
 
@@ -151,4 +155,16 @@ def test_vit_spec_must_narrow_patch_size_to_divide_img_size():
     raw = base()
     raw["space"] = {"name": "vit"}
     with pytest.raises(SpecError, match="patch_size"):
+        specs.from_dict(raw)
+
+
+def test_halting_knobs_are_dims_of_vit_and_checked():
+    raw = base()
+    raw["space"] = {"name": "vit", "dims": {"patch_size": 4, "token_policy": "halting",
+                                            "halt_target": [0.5, 0.67]}}
+    spec = specs.from_dict(raw)
+    assert spec.space.dims["halt_target"].values() == (0.5, 0.67)
+    assert spec.budget.points == 5 and spec.budget.max_eps == 0.95
+    raw["space"]["dims"]["halt_target"] = [0.4]  # not among the domain's choices
+    with pytest.raises(SpecError, match="^space.dims.halt_target"):
         specs.from_dict(raw)
