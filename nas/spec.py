@@ -23,6 +23,19 @@ from search_spaces.dims import Dim, Fixed, narrow
 from trainers.data import DataSettings, native_img_size
 from trainers.loop import FitSettings
 
+from .sections import (
+    BudgetSpec,
+    GuidanceSpec,
+    ImportanceSpec,
+    LatencySpec,
+    PruningSpec,
+    ResourcesSpec,
+    SamplerSpec,
+    SpecError,
+    at_least,
+    fail,
+)
+
 # What a trial reports and the results table keeps, beside the per-epoch history.
 METRICS = ("accuracy", "val_loss", "train_loss", "latency_ms", "latency_p90_ms",
            "latency_spread", "macs", "params", "full_macs", "tokens_kept")
@@ -34,73 +47,6 @@ COSTS = ("latency_ms", "latency_p90_ms", "macs", "params")
 STATIC_COSTS = ("params",)
 # Keys of the trainers' settings that a trial decides for itself, not the spec.
 PER_TRIAL = {"data": ("device", "load_test"), "train": ("device",)}
-
-
-class SpecError(ValueError):
-    """One bad value in a spec: ``field: value ...: what is allowed``."""
-
-
-def fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
-    raise SpecError(f"{field} = {value!r}: {allowed}")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class LatencySpec:
-    device: str = "cpu"
-    batch_size: int = 16
-    threads: int = 1
-    dtype: str = "float32"
-    warmup: int = 5
-    repeats: int = 20
-    rounds: int = 3
-
-    def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            fail("latency.device", self.device, "allowed: cpu, cuda")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            fail("latency.dtype", self.dtype, "allowed: float32, bfloat16, float16")
-        for name in ("batch_size", "threads", "repeats", "rounds"):
-            _at_least(f"latency.{name}", getattr(self, name), 1)
-        _at_least("latency.warmup", self.warmup, 0)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BudgetSpec:
-    """Operating points of adaptive candidates: ``points`` halting thresholds per trained
-    model, from the trained one (point 0) evenly up to ``max_eps``; each is a results row."""
-
-    points: int = 5
-    max_eps: float = 0.95
-
-    def __post_init__(self) -> None:
-        _at_least("budget.points", self.points, 1)
-        if not 0 < self.max_eps < 1:
-            fail("budget.max_eps", self.max_eps, "must be in (0, 1)")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SamplerSpec:
-    name: str = "nsga2"
-    seed: int = 0
-    population_size: int = 8
-
-    def __post_init__(self) -> None:
-        if self.name not in ("nsga2", "tpe", "random"):
-            fail("sampler.name", self.name, "allowed: nsga2, tpe, random")
-        _at_least("sampler.population_size", self.population_size, 2)
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ResourcesSpec:
-    cpus: float = 1.0
-    gpus: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not self.cpus > 0:
-            fail("resources.cpus", self.cpus, "must be a number > 0 (fractions allowed)")
-        if not 0 <= self.gpus <= 1:
-            fail("resources.gpus", self.gpus, "must be in [0, 1]: a trial trains on at most "
-                                              "one GPU (fractions share one)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +97,9 @@ class SearchSpec:
     latency: LatencySpec
     resources: ResourcesSpec
     budget: BudgetSpec = dataclasses.field(default_factory=BudgetSpec)
+    importance: ImportanceSpec = dataclasses.field(default_factory=ImportanceSpec)
+    pruning: PruningSpec = dataclasses.field(default_factory=PruningSpec)
+    guidance: GuidanceSpec = dataclasses.field(default_factory=GuidanceSpec)
     trials: int = 8
     concurrent_trials: int = 1
     scheduler: str = "none"
@@ -171,18 +120,15 @@ class SearchSpec:
         return [o.direction for o in self.objectives]
 
 
-def _at_least(field: str, value: float, low: float) -> None:
-    if value < low:
-        fail(field, value, f"must be >= {low}")
-
 
 # ---------------------------------------------------------------- parsing raw YAML values
 
 _TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler", "latency",
-        "resources", "budget", "trials", "concurrent_trials", "scheduler", "results_dir",
-        "ray_address", "storage"}
+        "resources", "budget", "importance", "pruning", "guidance", "trials",
+        "concurrent_trials", "scheduler", "results_dir", "ray_address", "storage"}
 _SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
-             "latency": LatencySpec, "resources": ResourcesSpec, "budget": BudgetSpec}
+             "latency": LatencySpec, "resources": ResourcesSpec, "budget": BudgetSpec,
+             "importance": ImportanceSpec, "pruning": PruningSpec, "guidance": GuidanceSpec}
 _SECTION_DEFAULTS = {"data": {"name": "fashion-mnist"}}
 _SCALARS = {"trials": int, "concurrent_trials": int, "scheduler": str, "results_dir": str,
             "ray_address": str | None, "storage": str | None}  # top-level single values
@@ -319,8 +265,8 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
         fail("name", name, "must be a name of letters, digits, '_', '.', '-'")
     sections = {k: _section(cls, raw.get(k), k) for k, cls in _SECTIONS.items()}
     top = {k: _typed(k, hint, raw[k]) for k, hint in _SCALARS.items() if k in raw}
-    _at_least("trials", top.get("trials", 8), 1)
-    _at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
+    at_least("trials", top.get("trials", 8), 1)
+    at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
     if top.get("scheduler", "none") not in ("none", "asha"):
         fail("scheduler", top["scheduler"], "allowed: none, asha")
     objectives = parse_objectives(raw.get("objectives") or DEFAULT_OBJECTIVES)

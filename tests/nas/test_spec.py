@@ -91,6 +91,13 @@ BAD = [
     ("budget.points", 2.5, "budget.points"),
     ("budget.max_eps", 1.0, "budget.max_eps"),
     ("budget.thresholds", [0.1], "budget.thresholds"),
+    ("importance.batches", -1, "importance.batches"),
+    ("pruning.keep", 0, "pruning.keep"),
+    ("pruning.keep", 1.5, "pruning.keep"),
+    ("pruning.best", -1, "pruning.best"),
+    ("pruning.finetune_epochs", -1, "pruning.finetune_epochs"),
+    ("guidance.proposals", -2, "guidance.proposals"),
+    ("guidance.after", 0, "guidance.after"),
 ]
 
 

@@ -1,0 +1,123 @@
+"""The sections of a search spec that are plain settings, and the spec's error type.
+
+Each section is a frozen dataclass validated in ``__post_init__``; a bad value raises one
+:class:`SpecError` line naming the dotted field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+
+class SpecError(ValueError):
+    """One bad value in a spec: ``field: value ...: what is allowed``."""
+
+
+def fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
+    raise SpecError(f"{field} = {value!r}: {allowed}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LatencySpec:
+    device: str = "cpu"
+    batch_size: int = 16
+    threads: int = 1
+    dtype: str = "float32"
+    warmup: int = 5
+    repeats: int = 20
+    rounds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            fail("latency.device", self.device, "allowed: cpu, cuda")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            fail("latency.dtype", self.dtype, "allowed: float32, bfloat16, float16")
+        for name in ("batch_size", "threads", "repeats", "rounds"):
+            at_least(f"latency.{name}", getattr(self, name), 1)
+        at_least("latency.warmup", self.warmup, 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BudgetSpec:
+    """Operating points of adaptive candidates: ``points`` halting thresholds per trained
+    model, from the trained one (point 0) evenly up to ``max_eps``; each is a results row."""
+
+    points: int = 5
+    max_eps: float = 0.95
+
+    def __post_init__(self) -> None:
+        at_least("budget.points", self.points, 1)
+        if not 0 < self.max_eps < 1:
+            fail("budget.max_eps", self.max_eps, "must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImportanceSpec:
+    """Taylor importance of every trained candidate: ``batches`` forward/backward passes
+    over training batches after the last epoch (0 = off)."""
+
+    batches: int = 4
+
+    def __post_init__(self) -> None:
+        at_least("importance.batches", self.batches, 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PruningSpec:
+    """Pruned variants added to the study after the search: the ``best`` trials of the
+    front, each pruned to ``keep`` of its prunable widths and fine-tuned ``finetune_epochs``."""
+
+    best: int = 0
+    keep: float = 0.5
+    finetune_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        at_least("pruning.best", self.best, 0)
+        if not 0 < self.keep <= 1:
+            fail("pruning.keep", self.keep, "must be in (0, 1]")
+        at_least("pruning.finetune_epochs", self.finetune_epochs, 0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GuidanceSpec:
+    """Importance-guided proposals: once ``after`` trials completed, up to ``proposals``
+    narrower configs derived from the front's trials are enqueued (0 = off)."""
+
+    proposals: int = 0
+    after: int = 4
+
+    def __post_init__(self) -> None:
+        at_least("guidance.proposals", self.proposals, 0)
+        at_least("guidance.after", self.after, 1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplerSpec:
+    name: str = "nsga2"
+    seed: int = 0
+    population_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.name not in ("nsga2", "tpe", "random"):
+            fail("sampler.name", self.name, "allowed: nsga2, tpe, random")
+        at_least("sampler.population_size", self.population_size, 2)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResourcesSpec:
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.cpus > 0:
+            fail("resources.cpus", self.cpus, "must be a number > 0 (fractions allowed)")
+        if not 0 <= self.gpus <= 1:
+            fail("resources.gpus", self.gpus, "must be in [0, 1]: a trial trains on at most "
+                                              "one GPU (fractions share one)")
+
+
+def at_least(field: str, value: float, low: float) -> None:
+    if value < low:
+        fail(field, value, f"must be >= {low}")
