@@ -5,7 +5,7 @@ https://arxiv.org/abs/2112.07658 (PAPERS.md section 2).
 
 After block l every token k gets a halting score h = sigmoid(gamma * t_k[0] + beta) from
 channel 0 of its own output (no extra parameters); at the last block h = 1. ACT bookkeeping
-per token: the cumulative score c += h; a token halts once c >= 1 - eps. Its remainder R
+per token: the cumulative score c += h; a token halts once c > 1 - eps. Its remainder R
 starts at 1; while it runs it contributes h x (its block output) and R -= h, and when it halts
 it contributes R. Ponder rho = blocks run + final remainder. The class token halts like the
 others, and the model's output is the weighted sum of the class token's block outputs (the
@@ -79,7 +79,7 @@ def act_step(state: ActState, h: torch.Tensor, running: torch.Tensor, eps: float
     """
     h = torch.where(running, h, torch.zeros_like(h))
     c = state.c + h
-    halts = running & (c >= 1.0 - eps)
+    halts = running & (c > 1.0 - eps)
     goes_on = running & ~halts
     weight = torch.where(halts, state.remainder, h)
     rho = state.rho + running.to(h.dtype) + torch.where(halts, state.remainder, 0.0)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -180,7 +180,7 @@ class ViTConfig(Config):
     ``depth``; the paper's 8 of 12), ``halt_ponder`` (ponder weight alpha_p; None = the
     paper's 5e-4 at depth 12 scaled by 12 / depth, the same pressure per block) and
     ``halt_prior`` (weight alpha_d of the KL to the Gaussian depth prior); and the
-    inference-time knob ``halt_eps`` (a token halts once its cumulative score reaches
+    inference-time knob ``halt_eps`` (a token halts once its cumulative score exceeds
     1 - eps; raising it trades accuracy for compute without retraining).
     """
 
@@ -363,6 +363,13 @@ def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> ViTConfig:
     )
 
 
+def params(config: ViTConfig) -> dict[str, Any]:
+    """Every knob's value in ``config`` (each field is the knob of its name): the inverse of
+    :func:`suggest`, which draws ``v_dim`` and the ``halt_*`` knobs only under their
+    conditions (the registry keeps the knobs a draw asks for)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
 def build(config: ViTConfig, *, num_classes: int, in_chans: int = 3) -> VisionTransformer:
     check(num_classes >= 1, f"`num_classes`={num_classes} must be >= 1")
     check(in_chans >= 1, f"`in_chans`={in_chans} must be >= 1")
@@ -383,6 +390,7 @@ register(SearchSpace(
     suggest_fn=suggest,
     build_fn=build,
     check_fn=check_dims,
+    params_fn=params,
     description="Isotropic ViT/DeiT (class token, learned positions) with per-head Q/K and V "
                 "widths, MHSA or cascaded group attention, and sandwich FFN blocks.",
 ))

@@ -11,7 +11,9 @@ counts the model run in full once, and each block at 1 and 2 tokens, which fixes
 cost as ``a * n + b * n**2`` for n tokens (linear layers per token, attention per token pair;
 the tests check the fit against fvcore at other token counts). An image's cost is then
 ``fixed + sum over blocks of a * n_l + b * n_l**2`` with n_l the tokens it ran through block
-l; for a static model this is exactly fvcore's count of the full model.
+l; for a static model this is exactly fvcore's count of the full model. The count is per image
+and independent of the batch: padding that a batched removal path runs beside shorter images
+is not counted (it shows in the measured latency instead).
 """
 
 from __future__ import annotations
@@ -71,7 +73,11 @@ class TokenCost:
     @classmethod
     def of(cls, model: nn.Module, input_shape: Sequence[int]) -> TokenCost:
         """Count with fvcore: the model in full, and each block at 1 and 2 tokens."""
-        full = count_macs(_FullRun(model), input_shape)
+        was_training = model.training
+        try:  # the wrapper's mode is restored onto the model: keep the model's own
+            full = count_macs(_FullRun(model).train(was_training), input_shape)
+        finally:
+            model.train(was_training)
         dim = model.cls_token.shape[-1]
         tokens = model.pos_embed.shape[1]
         linear, quadratic = [], []
