@@ -182,6 +182,8 @@ class _Group:
         leave = running & ~stay
         flat = self.image[:, None] * depth.shape[1] + self.token
         depth.view(-1)[flat[leave]] = blocks_run
+        if self.x.shape[0] == 1:
+            return self._one_row(stay[0])
         rows = stay[:, 0].nonzero().squeeze(1)
         if rows.numel() == 0:
             return []
@@ -198,6 +200,17 @@ class _Group:
                         valid=torch.gather(stay, 1, pos), image=self.image[rows],
                         token=self.token[r, pos], lengths=lengths)
         return packed.split(sizes)
+
+    def _one_row(self, stay: torch.Tensor) -> list[_Group]:
+        """A single image: no sorting and no padding, just its staying tokens."""
+        if not bool(stay[0]):
+            return []
+        pos = stay.nonzero().squeeze(1)
+        return [_Group(x=self.x.index_select(1, pos), valid=None,
+                       state=ActState(*(s.index_select(1, pos) for s in (
+                           self.state.c, self.state.remainder, self.state.rho))),
+                       image=self.image, token=self.token.index_select(1, pos),
+                       lengths=pos.new_full((1,), pos.numel()))]
 
     def split(self, sizes: list[int]) -> list[_Group]:
         """Split rows (sorted by length, longest first) where the padding of one group would
