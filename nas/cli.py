@@ -1,4 +1,4 @@
-"""``nas search | show | pareto | export``: the command line.
+"""``nas search | show | pareto | export | importance | prune``: the command line.
 
 A user mistake prints one line ``nas: error: FIELD = VALUE: what is allowed`` and exits 2.
 """
@@ -17,8 +17,17 @@ from search_spaces.config import ConfigError
 
 from .export import ExportError, export_trial
 from .pareto import default_reference, hypervolume, pareto_front
-from .results import PLOT, SPEC, ResultsError, fmt, load_results, study_paths
-from .spec import DEFAULT_OBJECTIVES, SpecError, parse_objectives
+from .results import (
+    PLOT,
+    ResultsError,
+    fmt,
+    load_results,
+    study_constraints,
+    study_objectives,
+    study_paths,
+    study_spec,
+)
+from .spec import SpecError, parse_objectives
 
 # configs/quick.yaml, shipped inside the package (a link in the source tree)
 DEFAULT_SPEC = Path(__file__).resolve().parent / "default_spec.yaml"
@@ -61,18 +70,35 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--point", type=int, default=0, help="budget point of an adaptive trial "
                     "(0 = its trained halting threshold; see `nas pareto`)")
     ex.add_argument("--out", required=True, help="new folder to write")
+    _more_commands(sub)
     return p
+
+
+def _more_commands(sub: argparse._SubParsersAction) -> None:
+    im = sub.add_parser("importance", help="retained fraction per component and block: one "
+                        "trial, or aggregated over the Pareto front")
+    im.add_argument("results")
+    im.add_argument("--trial", type=int, help="one trial (default: the front's trials)")
+    im.add_argument("--coverage", type=float, default=0.9, help="share of the importance "
+                    "to keep, in (0, 1] (default 0.9)")
+    im.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    im.add_argument("--plot", metavar="FILE.png", help="write the picture as a PNG")
+    pr = sub.add_parser("prune", help="prune a trial by its Taylor importance into a smaller "
+                        "model: export it (--out) and/or add it to the study (--add)")
+    pr.add_argument("results")
+    pr.add_argument("--trial", type=int, required=True)
+    pr.add_argument("--keep", type=float, required=True, help="share of every prunable "
+                    "width (heads, Q/K, V, FFN) kept, in (0, 1]")
+    pr.add_argument("--finetune", type=int, default=0, metavar="E",
+                    help="fine-tune E epochs on the study's data (default 0)")
+    pr.add_argument("--out", help="new export folder to write")
+    pr.add_argument("--add", action="store_true", help="add the variant to the study as a "
+                    "row with origin 'pruned' (and trials/<new id>/)")
 
 
 def _summary(space: str, config_json: str) -> str:
     fam = search_spaces.get(space)
     return fam.summarize(fam.config_from_dict(json.loads(config_json)))
-
-
-def _study_spec(study_dir: Path) -> dict:
-    import yaml
-    path = study_dir / SPEC
-    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -90,17 +116,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"no trial completed: see `nas show {study_dir}`", file=sys.stderr)
         return 1
     _print_front(study_dir, [o.label for o in spec.objectives],
-                 _constraints(_study_spec(study_dir)),
+                 study_constraints(study_spec(study_dir)),
                  "table", study_dir / PLOT)
     print(f"\nresults: {study_dir}   next: nas show {study_dir}   "
           f"nas export {study_dir} --trial N [--point K] --out DIR")
     return 0
-
-
-def _constraints(study_spec: dict) -> str | None:
-    """The study's own constraints as a --where condition (None if it has none)."""
-    items = study_spec.get("constraints") or []
-    return " and ".join(f"({c})" for c in items) or None
 
 
 def _print_front(study_dir: Path, objectives: list[str], where: str | None, style: str,
@@ -110,7 +130,8 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, styl
     front = pareto_front(frame, objs, where)
     done = frame[frame["status"] == "complete"]
     points = "halt_eps" in front.columns and front["halt_eps"].notna().any()
-    cols = [c for c in ["trial", *(["point", "halt_eps"] if points else []),
+    origins = ["origin"] if (frame["origin"] != "sampler").any() else []
+    cols = [c for c in ["trial", *origins, *(["point", "halt_eps"] if points else []),
                         *[o.metric for o in objs], "latency_ms", "macs", "params", "config"]
             if c in front.columns]
     cols = list(dict.fromkeys(cols))
@@ -136,9 +157,9 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, styl
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     study_dir = study_paths(args.results)
-    spec = _study_spec(study_dir)
-    objectives = args.objectives or spec.get("objectives") or list(DEFAULT_OBJECTIVES)
-    conditions = [] if args.all else [_constraints(spec)]
+    spec = study_spec(study_dir)
+    objectives = args.objectives or study_objectives(spec)
+    conditions = [] if args.all else [study_constraints(spec)]
     where = " and ".join(f"({w})" for w in [*conditions, args.where] if w) or None
     _print_front(study_dir, objectives, where, args.format,
                  Path(args.plot) if args.plot else None)
@@ -153,6 +174,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"study {study_dir.name}: {len(frame)} trials "
           f"({', '.join(f'{v} {k}' for k, v in counts.items())})")
     table = frame[[c for c in SHOWN if c in frame.columns]].copy()
+    if (frame["origin"] != "sampler").any():  # pruned variants, guided proposals
+        table.insert(2, "origin", frame["origin"].to_numpy())
     per_trial = rows.groupby("trial")["point"].count()
     if (per_trial > 1).any():  # adaptive trials: their other points are in `nas pareto`
         table.insert(1, "points", frame["trial"].map(per_trial).to_numpy())
@@ -182,10 +205,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_importance(args: argparse.Namespace) -> int:
+    from .importance_report import importance_report
+    print(importance_report(study_paths(args.results), trial=args.trial,
+                            coverage=args.coverage, style=args.format,
+                            plot=Path(args.plot) if args.plot else None))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .prune import prune_trial, summary_line
+    study_dir = study_paths(args.results)
+    out = Path(args.out) if args.out else None
+    variant, added = prune_trial(study_dir, args.trial, args.keep, finetune=args.finetune,
+                                 out=out, add=args.add)
+    print(summary_line(variant, added, out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"search": cmd_search, "show": cmd_show, "pareto": cmd_pareto,
-               "export": cmd_export}[args.command]
+               "export": cmd_export, "importance": cmd_importance,
+               "prune": cmd_prune}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as err:

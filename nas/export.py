@@ -26,13 +26,15 @@ from .results import TRIALS, load_results
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
 PROBE = "probe.safetensors"
 FORMAT_VERSION = 1
+TRIAL_FILES = ("candidate.json", "input.json", WEIGHTS, "history.json")
 
 
 class ExportError(ValueError):
     """The trial cannot be exported, or an export folder cannot be loaded."""
 
 
-def _trial_row(study_dir: Path, trial: int, point: int) -> dict[str, Any]:
+def complete_row(study_dir: Path, trial: int, point: int = 0) -> dict[str, Any]:
+    """The results row of a complete trial's budget point (ExportError if there is none)."""
     frame = load_results(study_dir)
     rows = frame[frame["trial"] == trial]
     if rows.empty:
@@ -66,34 +68,59 @@ def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str, *,
     renamed at the end, and removed if anything fails.
     """
     study_dir, out_dir = Path(study_dir), Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ExportError(f"--out = {str(out_dir)!r}: exists and is not an empty folder")
-    row = _trial_row(study_dir, trial, point)
-    src = study_dir / TRIALS / str(trial)
-    missing = [n for n in ("candidate.json", "input.json", WEIGHTS, "history.json")
-               if not (src / n).is_file()]
-    if missing:
-        raise ExportError(f"--trial = {trial}: its folder {src} lacks {missing}")
+    check_out_dir(out_dir)
+    row = complete_row(study_dir, trial, point)
+    src = trial_folder(study_dir, trial)
     inputs = json.loads((src / "input.json").read_text())
     candidate = json.loads((src / "candidate.json").read_text())
     if _jsonable(row.get("halt_eps")) is not None:
         candidate["halt_eps"] = float(row["halt_eps"])
     model = build_model(row["space"], candidate, inputs)
     model.load_state_dict(load_file(str(src / WEIGHTS)))
-    metrics = {k: _jsonable(v) for k, v in row.items() if k != "config"}
+    metrics = {k: v for k, v in row.items() if k != "config"}
     metrics["history"] = json.loads((src / "history.json").read_text())
-    config = {"format": FORMAT_VERSION, "space": row["space"], "config": candidate,
-              "input": inputs,
-              "source": {"study": study_dir.name, "trial": trial, "point": point,
-                         "key": row["key"]},
+    source = {"study": study_dir.name, "trial": trial, "point": point, "key": row["key"]}
+    return write_export(out_dir, model, space=row["space"], candidate=candidate,
+                        inputs=inputs, source=source, metrics=metrics)
+
+
+def trial_folder(study_dir: Path, trial: int,
+                 needed: tuple[str, ...] = TRIAL_FILES) -> Path:
+    """trials/<trial>/, checked to hold the ``needed`` files."""
+    src = study_dir / TRIALS / str(trial)
+    missing = [n for n in needed if not (src / n).is_file()]
+    if missing:
+        raise ExportError(f"--trial = {trial}: its folder {src} lacks {missing}")
+    return src
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """An export goes to a new or empty folder: checked before any work is done."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ExportError(f"--out = {str(out_dir)!r}: exists and is not an empty folder")
+
+
+def write_export(out_dir: Path, model: torch.nn.Module, *, space: str,
+                 candidate: dict[str, Any], inputs: dict[str, Any], source: dict[str, Any],
+                 metrics: dict[str, Any]) -> Path:
+    """Write an export folder: config.json (space, config, input, ``source``, provenance:
+    torch and the ``prov_*`` of ``metrics``), the model's weights, metrics.json and the probe.
+
+    All or nothing: the files are written to a staging folder beside ``out_dir`` that is
+    renamed at the end, and removed if anything fails.
+    """
+    check_out_dir(out_dir)
+    metrics = {k: _jsonable(v) for k, v in metrics.items()}
+    config = {"format": FORMAT_VERSION, "space": space, "config": candidate, "input": inputs,
+              "source": source,
               "provenance": {"torch": torch.__version__,
-                             **{k: _jsonable(v) for k, v in row.items()
-                                if k.startswith("prov_")}}}
+                             **{k: v for k, v in metrics.items() if k.startswith("prov_")}}}
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
         (staging / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
-        shutil.copy2(src / WEIGHTS, staging / WEIGHTS)
+        save_file(weights, str(staging / WEIGHTS))
         (staging / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
         save_file(_probe(model, inputs), str(staging / PROBE))
         if out_dir.exists():

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .results import load_results, study_constraints, study_objectives, study_spec
 from .spec import Objective, SpecError, parse_objectives
 
 
@@ -60,6 +62,13 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[str | Objective],
     front = rows[non_dominated(_as_minimised(rows, objs))]
     first = objs[0]
     return front.sort_values(first.metric, ascending=first.direction == "min", kind="stable")
+
+
+def study_front(study_dir: Path) -> pd.DataFrame:
+    """The front ``nas pareto`` shows by default: the study's objectives and constraints."""
+    spec = study_spec(study_dir)
+    return pareto_front(load_results(study_dir), study_objectives(spec),
+                        study_constraints(spec))
 
 
 def hypervolume(frame: pd.DataFrame, objectives: Sequence[str | Objective],

@@ -5,8 +5,13 @@ results/<study>/
   study.db         the Optuna study (SQLite; the record of truth for completed trials)
   trials.parquet   one row per (trial, budget point): config (JSON), objectives, status,
                    timings, provenance. A static trial has one row (point 0); an adaptive
-                   one a row per halting threshold (point, halt_eps), point 0 the trained one
-  trials/<n>/      the trial's final weights (model.safetensors), candidate.json, history.json
+                   one a row per halting threshold (point, halt_eps), point 0 the trained one.
+                   ``origin`` says where a row's config came from ("sampler", what a trial
+                   config's "origin" says, or "pruned": a variant added by nas/prune.py, with
+                   ``parent`` and ``keep``); ``imp_*`` columns are the Taylor importance
+                   summary of the trained trial (NaN where a family has no such component)
+  trials/<n>/      the trial's final weights (model.safetensors), candidate.json, history.json,
+                   importance.safetensors (Taylor scores; trained trials when enabled)
   ray/             Ray Tune's own experiment folder
   pareto.png       the front, drawn after the search
 """
@@ -22,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from .spec import METRICS
+from .spec import DEFAULT_OBJECTIVES, METRICS
 
 SPEC = "spec.yaml"
 STUDY_DB = "study.db"
@@ -30,6 +35,7 @@ TABLE = "trials.parquet"
 TRIALS = "trials"
 RAY = "ray"
 PLOT = "pareto.png"
+IMPORTANCE = "importance.safetensors"  # in trials/<n>/: the trained trial's Taylor scores
 
 _EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_time_s")
 
@@ -56,26 +62,27 @@ def load_results(study_dir: Path | str) -> pd.DataFrame:
     frame = pd.read_parquet(study_paths(study_dir) / TABLE)
     if "point" not in frame.columns:  # a study written before budget points existed
         frame["point"] = 0
+    frame["origin"] = frame["origin"].fillna("sampler") if "origin" in frame else "sampler"
     return frame.sort_values(["trial", "point"], kind="stable").reset_index(drop=True)
 
 
 def trial_rows(trial_number: int, status: str, space: str, candidate: dict[str, Any],
                key: str, last: dict[str, Any], history: list[dict[str, Any]],
-               error: str = "") -> list[dict[str, Any]]:
+               error: str = "", origin: str = "sampler") -> list[dict[str, Any]]:
     """The rows of ``trials.parquet`` for a trial's final report: one per budget point it
     reported (``points``, JSON), or one (point 0)."""
-    row = trial_row(trial_number, status, space, candidate, key, last, history, error)
+    row = trial_row(trial_number, status, space, candidate, key, last, history, error, origin)
     points = json.loads(last["points"]) if last.get("points") else []
     return [{**row, **{k: p.get(k) for k in POINT_KEYS}} for p in points] or [row]
 
 
 def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, Any],
               key: str, last: dict[str, Any], history: list[dict[str, Any]],
-              error: str = "") -> dict[str, Any]:
+              error: str = "", origin: str = "sampler") -> dict[str, Any]:
     """One row of ``trials.parquet`` from a trial's final report (its point 0)."""
     row: dict[str, Any] = {"trial": trial_number, "point": 0,
                            "halt_eps": last.get("halt_eps"), "status": status,
-                           "space": space, "key": key,
+                           "space": space, "key": key, "origin": origin,
                            "config": json.dumps(candidate, sort_keys=True)}
     for name in METRICS:
         row[name] = last.get(name)
@@ -83,7 +90,7 @@ def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, A
         row["accuracy"] = None  # never trained: the 0.0 it told Optuna is no accuracy
     row["epochs"] = len(history)
     row["train_time_s"] = sum(h.get("epoch_time_s", 0.0) for h in history)
-    row.update({k: v for k, v in last.items() if k.startswith("prov_")})
+    row.update({k: v for k, v in last.items() if k.startswith(("prov_", "imp_"))})
     row["error"] = error
     return row
 
@@ -91,9 +98,11 @@ def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, A
 class TableWriter:
     """Appends rows to ``trials.parquet`` (one writer: the driver), atomically each time."""
 
-    def __init__(self, study_dir: Path) -> None:
+    def __init__(self, study_dir: Path, *, resume: bool = False) -> None:
+        """``resume``: start from the rows the table holds (to add rows after a search)."""
         self.path = study_dir / TABLE
-        self.rows: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = (
+            pd.read_parquet(self.path).to_dict("records") if resume else [])
 
     @property
     def trials(self) -> int:
@@ -119,6 +128,23 @@ def store_trial_files(study_dir: Path, trial_number: int, checkpoint: Any,
     epochs = [{k: h.get(k) for k in _EPOCH_KEYS} for h in history]
     (folder / "history.json").write_text(json.dumps(epochs, indent=1))
     return folder
+
+
+def study_spec(study_dir: Path) -> dict[str, Any]:
+    """The study's spec.yaml as a plain mapping ({} if it has none)."""
+    import yaml
+    path = study_dir / SPEC
+    return (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def study_objectives(spec: dict[str, Any]) -> list[str]:
+    return list(spec.get("objectives") or DEFAULT_OBJECTIVES)
+
+
+def study_constraints(spec: dict[str, Any]) -> str | None:
+    """The study's own constraints as a --where condition (None if it has none)."""
+    items = spec.get("constraints") or []
+    return " and ".join(f"({c})" for c in items) or None
 
 
 def progress_line(done: int, total: int, row: dict[str, Any], objectives: list[str],

@@ -87,7 +87,8 @@ class ResultsCallback(tune.Callback):
                           trained)
         candidate = trial.config["candidate"]
         rows = trial_rows(number, status, self.spec.space.name, candidate,
-                          _key(self.spec, candidate), last, trained, message)
+                          _key(self.spec, candidate), last, trained, message,
+                          origin=trial.config.get("origin", "sampler"))
         self.table.add(rows)
         if len(rows) > 1:
             self.printer(f"  trial {number}: {len(rows)} budget points, halt_eps "
@@ -198,7 +199,9 @@ def run_search(spec: SearchSpec, *, printer: Printer = print, auto_name: bool = 
     """Run the spec's search to the end; returns the study folder (results/<name>).
 
     ``trainable(config, *, spec)`` is the per-trial function (the real trainer by default;
-    the orchestration benchmark passes one that trains nothing).
+    the orchestration benchmark passes one that trains nothing). With ``pruning.best`` > 0,
+    pruned variants of the front's best trials are added afterwards (nas/prune.py), in this
+    process, once Ray is shut down.
     """
     check_data(spec)
     spec = prepare_study_dir(spec, auto_name=auto_name)
@@ -218,4 +221,7 @@ def run_search(spec: SearchSpec, *, printer: Printer = print, auto_name: bool = 
     finally:
         if started_ray:
             ray.shutdown()
+    if spec.pruning.best > 0:
+        from .prune import prune_best
+        prune_best(study_dir, spec, printer=printer)
     return study_dir

@@ -5,12 +5,18 @@ their parameters (and full MACs) are known, and after the last epoch they are ev
 ``budget.points`` halting thresholds (trainers.budget); the final report carries point 0 (the
 trained threshold: what Optuna sees) and every point as JSON (one results row each).
 
+After the last epoch every trained candidate is scored by Taylor importance
+(trainers.importance) on ``importance.batches`` training batches: the full scores go into the
+final checkpoint as importance.safetensors (so trials/<n>/ has them) and the compact summary
+(``imp_*`` keys) into the final report.
+
 It lives in a package module (not a script) so that Ray workers import it, and with it the
 torchvision compatibility shim, by name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Iterator
@@ -25,11 +31,13 @@ import search_spaces
 from search_spaces.config import Config
 from trainers.budget import TokenCost, budget_points, default_knobs
 from trainers.data import load_data
+from trainers.importance import save_scores, summarize, taylor_importance
 from trainers.loop import fit
 from trainers.losses import objective_for
 from trainers.measure import Latency, count_macs, count_params, measure_latency
 
 from .gate import MeasurementGate, gate_name
+from .results import IMPORTANCE
 from .spec import COSTS, STATIC_COSTS, SearchSpec
 
 WEIGHTS = "model.safetensors"
@@ -125,6 +133,27 @@ def budget_report(candidate: Config, model: torch.nn.Module, data: Any, gated: A
     return {**first, **latency_metrics(latencies[0]), "points": json.dumps(points)}
 
 
+def importance_report(model: torch.nn.Module, gated: Any, spec: SearchSpec,
+                      folder: Path) -> dict[str, Any]:
+    """Taylor scores of the trained ``model`` on ``importance.batches`` training batches,
+    saved as ``folder``/importance.safetensors; returns their ``imp_*`` summary ({} and no
+    file when ``importance.batches`` is 0).
+
+    The batches are those of the epoch after the last one trained (``epoch = train.epochs``,
+    the training seed): reproducible, and in an order training did not end on. They come
+    through the gate (``gated``), so the forward/backward passes never run beside a
+    measurement.
+    """
+    if spec.importance.batches == 0:
+        return {}
+    batches = gated.train_batches(spec.train.batch_size, epoch=spec.train.epochs,
+                                  seed=spec.train.seed)
+    with contextlib.closing(batches):  # releases the gate held by the last batch taken
+        scores = taylor_importance(model, batches, num_batches=spec.importance.batches)
+    save_scores(folder / IMPORTANCE, scores)
+    return summarize(scores)
+
+
 def trial_device(spec: SearchSpec) -> str:
     if spec.resources.gpus <= 0:
         return "cpu"
@@ -163,11 +192,13 @@ def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
         gated = GatedData(data, gate, device)
 
         def report(metrics: dict[str, Any]) -> None:
-            final = {}
-            if adaptive and metrics["epoch"] == spec.train.epochs:
-                final = budget_report(candidate, model, data, gated, spec, gate)
+            last = metrics["epoch"] == spec.train.epochs
+            final = budget_report(candidate, model, data, gated, spec, gate) if (
+                adaptive and last) else {}
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, config["candidate"], input_info(data))
+                if last:
+                    final.update(importance_report(model, gated, spec, Path(folder)))
                 tune.report({**metrics, **costs, **final},
                             checkpoint=tune.Checkpoint.from_directory(folder))
 

@@ -1,0 +1,273 @@
+"""Pruned variants of a study's trials: ``nas prune``, and the pruning after a search.
+
+A complete trial's weights and Taylor scores (trials/<n>/importance.safetensors) give a
+physically smaller model of the same family (``trainers.pruning.prune``, one keep ratio for
+every width component the family can prune: heads, Q/K, V and FFN channels for ViTs with
+MHSA, Q/K and FFN channels for cascaded group attention; depth is kept). The variant is
+optionally fine-tuned on the study's data (its ``train`` settings with ``epochs`` = the
+fine-tune epochs, no warm-up: the weights are trained already; seeded with ``train.seed``),
+evaluated on the validation split and measured as the search measures
+(``nas.trainable.measure_costs``: params, MACs, latency through the machine-wide gate). A
+halting ViT is pruned too (widths only, so its halting still works); like its search trial
+it is evaluated and timed on real images at its trained threshold, but only that point
+(point 0) becomes a row.
+
+``--out`` writes an export folder (``nas.export.write_export``: ``load_exported`` reads and
+verifies it). ``--add`` adds the variant to the study: a results row with origin "pruned",
+``parent`` and ``keep``, and its files in trials/<id>/, so ``nas pareto`` and ``nas export``
+treat it like any trial. Its id is 1 + the largest trial id in the table or among trials/
+folders: not an Optuna trial (study.db never sees it). Add variants only while no search
+writes the study (the search adds its own at its end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import numbers
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import search_spaces
+from search_spaces.config import Config
+from trainers.data import Data, load_data
+from trainers.loop import evaluate
+from trainers.losses import objective_for
+from trainers.pruning import Pruned, build_pruned, finetune, prune
+
+from . import spec as specs
+from .export import build_model, check_out_dir, complete_row, trial_folder, write_export
+from .gate import MeasurementGate, gate_name
+from .importance_report import trial_scores
+from .pareto import study_front
+from .results import (
+    IMPORTANCE,
+    SPEC,
+    TRIALS,
+    Printer,
+    ResultsError,
+    TableWriter,
+    fmt,
+    load_results,
+    store_trial_files,
+    trial_row,
+)
+from .sections import fail
+from .spec import SearchSpec
+from .trainable import GatedData, budget_report, is_adaptive, measure_costs, save_checkpoint
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A pruned (and maybe fine-tuned) trial: its ``parent`` results row (point 0), the
+    pruned ``candidate`` config dict, its model (CPU, eval mode), measured ``metrics`` and
+    fine-tune ``history``."""
+
+    parent: dict[str, Any]
+    keep: float
+    finetune: int
+    candidate: dict[str, Any]
+    inputs: dict[str, Any]
+    model: nn.Module
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+    @property
+    def space(self) -> str:
+        return str(self.parent["space"])
+
+
+def check_request(keep: float, finetune_epochs: int) -> None:
+    if not (isinstance(keep, numbers.Real) and 0 < keep <= 1):  # NaN fails too
+        fail("--keep", keep, "must be in (0, 1]: the share of every prunable width kept")
+    if finetune_epochs < 0:
+        fail("--finetune", finetune_epochs, "must be >= 0 (epochs)")
+
+
+def _device(spec: SearchSpec) -> str:
+    if spec.latency.device == "cuda" and not torch.cuda.is_available():
+        fail("latency.device", "cuda", "the study measured latency on CUDA, and this "
+             "machine has no CUDA device to measure the variant on")
+    return "cuda" if spec.resources.gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def _threads(spec: SearchSpec) -> Iterator[None]:
+    """The CPU threads the search's trials had together on this machine (the search is
+    over, or another process's search is gated apart), restored afterwards."""
+    previous = torch.get_num_threads()
+    share = max(1, int(spec.resources.cpus * spec.concurrent_trials))
+    torch.set_num_threads(min(os.cpu_count() or 1, share))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def load_parent(study_dir: Path, trial: int) -> tuple[dict[str, Any], Config, nn.Module,
+                                                      dict[str, torch.Tensor], dict[str, Any]]:
+    """A complete trial's row, config, model (its final weights), scores and input info."""
+    row = complete_row(study_dir, trial)
+    scores = trial_scores(study_dir, trial)
+    src = trial_folder(study_dir, trial)
+    inputs = json.loads((src / "input.json").read_text())
+    candidate = json.loads((src / "candidate.json").read_text())
+    model = build_model(row["space"], candidate, inputs)
+    model.load_state_dict(load_file(str(src / "model.safetensors")))
+    config = search_spaces.get(row["space"]).config_from_dict(candidate)
+    return row, config, model.eval(), scores, inputs
+
+
+def _finetuned(pruned: Pruned, data: Data, spec: SearchSpec, epochs: int,
+               device: str) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The pruned model, trained ``epochs`` more epochs (none: as pruned)."""
+    torch.manual_seed(spec.train.seed)  # dropout and the like, as a trial seeds its build
+    if epochs == 0:
+        return build_pruned(pruned, num_classes=data.num_classes, in_chans=data.in_chans), []
+    settings = spec.train.replace(epochs=epochs, warmup_epochs=0.0, device=device)
+    loss_fn = objective_for(pruned.config, label_smoothing=spec.train.label_smoothing)
+    model, result = finetune(pruned, data, settings, loss_fn=loss_fn)
+    return model, result.history
+
+
+def measure_variant(config: Config, model: nn.Module, data: Data, spec: SearchSpec,
+                    device: str) -> dict[str, Any]:
+    """Accuracy, val_loss, params, MACs, latency (+ provenance) as the search measures them;
+    a halting model at its trained threshold, on real images. Leaves the model on the CPU."""
+    shape = (data.in_chans, data.img_size, data.img_size)
+    adaptive = is_adaptive(config)
+    model.cpu().eval()
+    with MeasurementGate(gate_name(spec.latency.device)) as gate:
+        costs = measure_costs(model, spec, shape, gate, adaptive=adaptive)
+        gated = GatedData(data, gate, device)
+        model.to(device)
+        if adaptive:  # point 0 only: its trained threshold, through the budget-point code
+            one = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, points=1))
+            point = budget_report(config, model, data, gated, one, gate)
+            result = {**costs, **{k: v for k, v in point.items() if k != "points"}}
+        else:
+            batch = spec.train.eval_batch_size or 2 * spec.train.batch_size
+            val = evaluate(model, gated.val_batches(batch))
+            result = {**costs, "accuracy": val["accuracy"], "val_loss": val["loss"]}
+    model.cpu()
+    return result
+
+
+def make_variant(study_dir: Path, spec: SearchSpec, trial: int, keep: float,
+                 finetune_epochs: int) -> Variant:
+    """Prune ``trial`` to ``keep``, fine-tune, evaluate and measure (see the module doc)."""
+    row, config, model, scores, inputs = load_parent(study_dir, trial)
+    try:
+        pruned = prune(config, model, scores, keep)
+    except ValueError as err:  # scores that do not fit the model: a damaged trial folder
+        raise ResultsError(f"--trial = {trial}: cannot prune it: {err}") from None
+    device = _device(spec)
+    data = load_data(spec.data.replace(device=device))
+    net, history = _finetuned(pruned, data, spec, finetune_epochs, device)
+    metrics = measure_variant(pruned.config, net, data, spec, device)
+    return Variant(parent=row, keep=float(keep), finetune=finetune_epochs,
+                   candidate=pruned.config.to_dict(), inputs=inputs, model=net.eval(),
+                   metrics=metrics, history=history)
+
+
+def next_trial_id(study_dir: Path) -> int:
+    """1 + the largest trial id in the table or among the trials/ folders."""
+    ids = load_results(study_dir)["trial"].astype(int).tolist()
+    ids += [int(p.name) for p in (study_dir / TRIALS).glob("*") if p.name.isdigit()]
+    return max(ids, default=-1) + 1
+
+
+def add_variant(study_dir: Path, variant: Variant, trial_id: int) -> dict[str, Any]:
+    """Write trials/<trial_id>/ and append the variant's row; returns the row."""
+    folder = store_trial_files(study_dir, trial_id, None, variant.history)
+    save_checkpoint(folder, variant.model, variant.candidate, variant.inputs)
+    key = search_spaces.get(variant.space).config_from_dict(variant.candidate).key()
+    row = trial_row(trial_id, "complete", variant.space, variant.candidate, key,
+                    variant.metrics, variant.history, origin="pruned")
+    row.update(parent=int(variant.parent["trial"]), keep=variant.keep)
+    TableWriter(study_dir, resume=True).add([row])
+    return row
+
+
+def export_variant(study_dir: Path, variant: Variant, out: Path,
+                   trial_id: int | None) -> Path:
+    parent = int(variant.parent["trial"])
+    key = search_spaces.get(variant.space).config_from_dict(variant.candidate).key()
+    source = {"study": study_dir.name, "trial": trial_id, "pruned_from": parent,
+              "keep": variant.keep, "finetune": variant.finetune, "key": key}
+    metrics = {**variant.metrics, "trial": trial_id, "origin": "pruned", "parent": parent,
+               "keep": variant.keep, "key": key, "history": variant.history}
+    return write_export(out, variant.model, space=variant.space, candidate=variant.candidate,
+                        inputs=variant.inputs, source=source, metrics=metrics)
+
+
+def prune_trial(study_dir: Path, trial: int, keep: float, *, finetune: int = 0,
+                out: Path | None = None, add: bool = False,
+                spec: SearchSpec | None = None) -> tuple[Variant, int | None]:
+    """``nas prune``: the variant, written to ``out`` and/or added to the study (its new
+    trial id, else None). ``spec``: the study's (default: read from its spec.yaml)."""
+    check_request(keep, finetune)
+    if out is None and not add:
+        fail("--out", None, "give an export folder (--out DIR) and/or --add")
+    if out is not None:
+        check_out_dir(out)
+    spec = spec or specs.load(study_dir / SPEC)
+    with _threads(spec):
+        variant = make_variant(study_dir, spec, trial, keep, finetune)
+    trial_id = next_trial_id(study_dir) if add else None
+    if out is not None:
+        export_variant(study_dir, variant, out, trial_id)
+    if add:
+        add_variant(study_dir, variant, trial_id)
+    return variant, trial_id
+
+
+def summary_line(variant: Variant, trial_id: int | None, out: Path | None) -> str:
+    """``pruned trial 3 (keep 0.5, fine-tuned 1 epochs): params a -> b, MACs ...``."""
+    before, after = variant.parent, variant.metrics
+
+    def change(name: str) -> str:
+        old, new = before.get(name), after.get(name)
+        as_int = [int(v) if isinstance(v, numbers.Real) and math.isfinite(v) else v
+                  for v in (old, new)]
+        return f"{fmt(as_int[0])} -> {fmt(as_int[1])}"
+
+    where = "".join([f"; added as trial {trial_id}" if trial_id is not None else "",
+                     f"; exported to {out}" if out is not None else ""])
+    return (f"pruned trial {int(before['trial'])} (keep {variant.keep:g}, fine-tuned "
+            f"{variant.finetune} epochs): params {change('params')}, MACs {change('macs')}, "
+            f"accuracy {fmt(float(before['accuracy']))} -> {fmt(after['accuracy'])}{where}")
+
+
+def prune_best(study_dir: Path, spec: SearchSpec, *, printer: Printer = print) -> list[int]:
+    """After a search: the ``pruning.best`` best trials of the front (by the first objective;
+    trials without scores skipped) pruned to ``pruning.keep``, fine-tuned
+    ``pruning.finetune_epochs`` and added as rows. Returns the new trial ids; a variant that
+    fails is reported and skipped (the search's results stay)."""
+    front = [int(t) for t in dict.fromkeys(study_front(study_dir)["trial"])]
+    chosen = [t for t in front
+              if (study_dir / TRIALS / str(t) / IMPORTANCE).is_file()][:spec.pruning.best]
+    if not chosen:
+        printer("pruning: no trial on the front has importance scores; nothing pruned")
+        return []
+    added = []
+    for trial in chosen:
+        printer(f"pruning trial {trial}: keep {spec.pruning.keep:g} of its widths, fine-tune "
+                f"{spec.pruning.finetune_epochs} epochs")
+        try:
+            variant, new = prune_trial(study_dir, trial, spec.pruning.keep, add=True,
+                                       finetune=spec.pruning.finetune_epochs, spec=spec)
+        except Exception as err:  # one failed variant must not fail the finished search
+            printer(f"  trial {trial}: not pruned: {type(err).__name__}: {err}")
+            continue
+        printer(f"  {summary_line(variant, new, None)}")
+        added.append(new)
+    return added
