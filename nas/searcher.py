@@ -2,12 +2,19 @@
 
 Ray's ``OptunaSearch`` tells Optuna only the objective values, and tells an errored trial
 that had reported before (or one a scheduler stopped early) as COMPLETE. Ours stores every
-reported metric as a user attribute first (so constraints may name any metric and the study
-alone is a full record), tells an errored trial as FAIL and a stopped one as PRUNED.
+reported metric (and the ``imp_*`` importance summary) as a user attribute first (so
+constraints may name any metric and the study alone is a full record), tells an errored trial
+as FAIL and a stopped one as PRUNED.
+
+Guidance (``spec.guidance``): once ``after`` trials have completed, the searcher enqueues up to
+``proposals`` importance-guided configs (nas/guidance.py) into the study, once; Optuna's
+``ask`` hands out enqueued trials first, so the next trials Ray asks for are those, each
+with the user attribute ``origin`` ("proposal:from=N:component"); the sampler draws the rest.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,9 +25,12 @@ from ray.tune.search.optuna import OptunaSearch
 import search_spaces
 from search_spaces.dims import Dim
 
+from .guidance import propose, study_rows
 from .spec import METRICS, Constraint, SearchSpec
 
 RECORDED = (*METRICS, "epoch", "infeasible", "halt_eps")
+RECORDED_PREFIXES = ("imp_",)  # the importance summary (trainers.importance.summarize)
+log = logging.getLogger("nas")
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -49,14 +59,16 @@ class Violations:
 
 
 class DrawCandidate:
-    """Optuna define-by-run function: draws a candidate; only ``trial.suggest_*`` calls."""
+    """Optuna define-by-run function: draws a candidate; only ``trial.suggest_*`` calls. An
+    enqueued trial answers with its fixed parameters and names its ``origin``."""
 
     def __init__(self, space: str, dims: Mapping[str, Dim]) -> None:
         self.space, self.dims = space, dict(dims)
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         candidate = search_spaces.get(self.space).suggest(trial, self.dims)
-        return {"candidate": candidate.to_dict(), "trial": trial.number}
+        return {"candidate": candidate.to_dict(), "trial": trial.number,
+                "origin": trial.user_attrs.get("origin", "sampler")}
 
 
 def trial_status(result: dict[str, Any] | None, error: bool, epochs: int) -> str:
@@ -73,32 +85,61 @@ def trial_status(result: dict[str, Any] | None, error: bool, epochs: int) -> str
 
 class StudySearcher(OptunaSearch):
     """Tells Optuna: complete and infeasible trials with their values (the constraints say
-    which are infeasible), trials stopped early as PRUNED, errored ones as FAIL."""
+    which are infeasible), trials stopped early as PRUNED, errored ones as FAIL; enqueues the
+    spec's guided proposals once ``guidance.after`` trials have completed."""
 
-    def __init__(self, *args: Any, epochs: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, spec: SearchSpec, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._epochs = epochs
+        self._spec = spec
+        self._complete = 0
+        self._guided = False
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result=result, error=error)
-        for name in RECORDED:
-            if result and result.get(name) is not None:
-                ot_trial.set_user_attr(name, result[name])
-        status = trial_status(result, error, self._epochs)
+        for name, value in (result or {}).items():
+            if value is not None and (name in RECORDED or name.startswith(RECORDED_PREFIXES)):
+                ot_trial.set_user_attr(name, value)
+        status = trial_status(result, error, self._spec.train.epochs)
         if status in ("error", "stopped"):
             state = TrialState.FAIL if status == "error" else TrialState.PRUNED
             self._ot_study.tell(ot_trial, state=state)
             self._completed_trials.add(trial_id)
-            return None
-        return super().on_trial_complete(trial_id, result=result, error=error)
+        else:
+            super().on_trial_complete(trial_id, result=result, error=error)
+        if status == "complete":
+            self._complete += 1
+            self._guide()
+        return None
+
+    def _guide(self) -> None:
+        """Once ``guidance.after`` trials completed: enqueue up to ``guidance.proposals``
+        proposals (no more than the trials left to start), and say so in one line."""
+        guidance = self._spec.guidance
+        if self._guided or not guidance.proposals or self._complete < guidance.after:
+            return
+        self._guided = True
+        room = min(guidance.proposals, self._spec.trials - len(self._ot_trials))
+        rows = study_rows(self._ot_study.get_trials(deepcopy=False), self._spec)
+        proposals = propose(rows, self._spec, room) if room > 0 else []
+        space = search_spaces.get(self._spec.space.name)
+        for config, origin in proposals:
+            self._ot_study.enqueue_trial(space.params(config, self._spec.space.dims),
+                                         user_attrs={"origin": origin}, skip_if_exists=True)
+        has_summary = any(c.startswith("imp_") for c in rows.columns)
+        why = "" if proposals else (
+            ": no trials left to start" if room <= 0 else
+            ": the front's importance shows no waste inside the dims" if has_summary else
+            ": no importance summaries (importance.batches = 0?)")
+        origins = ", ".join(origin.removeprefix("proposal:") for _, origin in proposals)
+        log.warning(f"guidance: after {self._complete} complete trials, enqueued "
+                    f"{len(proposals)} proposals{why}{': ' if origins else ''}{origins}")
 
 
 def make_searcher(spec: SearchSpec, storage_url: str) -> StudySearcher:
     return StudySearcher(space=DrawCandidate(spec.space.name, spec.space.dims),
                          metric=spec.metric_names, mode=spec.modes,
-                         sampler=make_sampler(spec), study_name=spec.name,
-                         epochs=spec.train.epochs,
+                         sampler=make_sampler(spec), study_name=spec.name, spec=spec,
                          storage=optuna.storages.RDBStorage(storage_url))

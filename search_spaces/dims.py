@@ -8,6 +8,7 @@ so suggestion stays pure define-by-run and Optuna records every drawn value unde
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from .config import ConfigError
@@ -83,6 +84,40 @@ class FloatRange:
 
 
 Dim = Fixed | Choice | IntRange | FloatRange
+
+
+class Replay:
+    """A :class:`TrialLike` that answers each ``suggest_*`` with the value given for its name
+    (as Optuna's ``FixedTrial`` does) and notes the names asked, in order: how a config's
+    parameters are found and replayed without importing Optuna."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.values = dict(values)
+        self.asked: dict[str, Any] = {}
+
+    def _answer(self, name: str) -> Any:
+        if name not in self.values:
+            raise ConfigError(f"no value given for dimension {name!r}")
+        self.asked[name] = self.values[name]
+        return self.values[name]
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self._answer(name)
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1,
+                    log: bool = False) -> int:
+        return self._answer(name)
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float:
+        return self._answer(name)
+
+
+def check_contains(name: str, dim: Dim, value: Any) -> None:
+    """Raise ConfigError unless ``value`` lies in ``dim``'s domain (one of its choices; inside
+    a range's bounds and on its grid), with the type rules of :func:`narrow`."""
+    if _find(dim, value) is _MISSING:
+        raise ConfigError(f"space.dims.{name}: value {value!r} is outside the domain; "
+                          f"allowed: {_describe(dim)}")
 
 
 def narrow(name: str, default: Dim, given: Any) -> Dim:

@@ -283,6 +283,16 @@ def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> EfficientViTConfig:
     )
 
 
+def params(config: EfficientViTConfig) -> dict[str, Any]:
+    """Every knob's value in ``config`` as :func:`suggest` draws it (``kernels`` a string)."""
+    stages: dict[str, Any] = {"num_stages": len(config.embed_dims)}
+    for k, stage in enumerate(zip(config.embed_dims, config.depths, config.num_heads,
+                                  strict=True), start=1):
+        stages |= dict(zip((f"width_{k}", f"depth_{k}", f"heads_{k}"), stage, strict=True))
+    return {**{k: getattr(config, k) for k in _SAFE_KNOBS}, **stages,  # the global knobs
+            "kernels": ",".join(map(str, config.kernels))}
+
+
 # What a probe (see check_dims) uses for the knobs it does not vary: a valid 1-stage config.
 _SAFE_KNOBS: dict[str, Any] = {"img_size": 224, "stem_stride": 16, "key_dim": 16,
                                "v_ratio": 1.0, "ffn_ratio": 2.0, "sandwich": 1,
@@ -383,6 +393,7 @@ register(SearchSpace(
     suggest_fn=suggest,
     build_fn=build,
     check_fn=check_dims,
+    params_fn=params,
     description="EfficientViT (MSRA, CVPR 2023): hierarchical sandwich blocks with cascaded "
                 "group attention in windows; presets m0..m5",
 ))

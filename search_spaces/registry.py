@@ -9,9 +9,10 @@ from typing import Any
 from torch import nn
 
 from .config import Config, ConfigError
-from .dims import Dim, TrialLike
+from .dims import Dim, Replay, TrialLike, check_contains
 
 SuggestFn = Callable[[TrialLike, Mapping[str, Dim]], Config]
+ParamsFn = Callable[[Config], dict[str, Any]]
 BuildFn = Callable[..., nn.Module]
 
 
@@ -22,6 +23,8 @@ class SearchSpace:
     ``dims`` are the default domains of the knobs; ``suggest(trial, dims)`` draws one config
     (defaults to ``self.dims``; it only calls ``trial.suggest_*``); ``build(config, *,
     num_classes, in_chans=3)`` is a pure function returning an ``nn.Module``.
+    ``params_fn(config)`` gives the value of every knob in ``config`` (dimension name ->
+    value as ``suggest`` draws it); :meth:`params` keeps those that a draw asks the trial for.
     """
 
     name: str
@@ -31,10 +34,40 @@ class SearchSpace:
     suggest_fn: SuggestFn
     build_fn: BuildFn
     check_fn: Callable[[Mapping[str, Dim]], None] | None = None
+    params_fn: ParamsFn | None = None
     description: str = ""
 
     def suggest(self, trial: TrialLike, dims: Mapping[str, Dim] | None = None) -> Config:
         return self.suggest_fn(trial, {**self.dims, **(dims or {})})
+
+    def params(self, config: Config, dims: Mapping[str, Dim] | None = None) -> dict[str, Any]:
+        """The inverse of :meth:`suggest`: the trial parameters (dimension name -> value) that
+        make ``suggest(trial, dims)`` return ``config`` when the trial answers with them (an
+        Optuna ``FixedTrial``, or a trial enqueued with them). Only the knobs the draw asks
+        the trial for are given: not a Fixed dimension, nor a conditional knob whose condition
+        is off. Raises ConfigError if no draw from ``dims`` gives ``config`` (a value outside
+        its domain, or a field the draw does not set that way)."""
+        if self.params_fn is None:
+            raise ConfigError(f"space {self.name!r} has no params_fn: its configs cannot be "
+                              "turned back into trial parameters")
+        merged = {**self.dims, **(dims or {})}
+        replay = Replay(self.params_fn(config))
+        drawn = self.suggest_fn(replay, merged)
+        for name, value in replay.asked.items():
+            check_contains(name, merged[name], value)
+        if drawn != config:
+            ours, theirs = drawn.to_dict(), config.to_dict()
+            name = next((k for k in ours if ours[k] != theirs[k]), next(iter(ours)))
+            raise ConfigError(f"`{name}`={theirs[name]!r} cannot be drawn from these dims "
+                              f"(a draw with the same knobs gives {ours[name]!r})")
+        return replay.asked
+
+    def from_params(self, params: Mapping[str, Any],
+                    dims: Mapping[str, Dim] | None = None) -> Config:
+        """The config ``suggest(trial, dims)`` draws when the trial answers with ``params``
+        (what an enqueued trial will run); ConfigError if a knob is missing or the config
+        is invalid."""
+        return self.suggest_fn(Replay(params), {**self.dims, **(dims or {})})
 
     def check_dims(self, dims: Mapping[str, Dim]) -> None:
         """Raise ConfigError if narrowed ``dims`` could yield an invalid config."""
