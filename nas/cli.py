@@ -87,8 +87,11 @@ def _more_commands(sub: argparse._SubParsersAction) -> None:
                         "model: export it (--out) and/or add it to the study (--add)")
     pr.add_argument("results")
     pr.add_argument("--trial", type=int, required=True)
-    pr.add_argument("--keep", type=float, required=True, help="share of every prunable "
-                    "width (heads, Q/K, V, FFN) kept, in (0, 1]")
+    how = pr.add_mutually_exclusive_group(required=True)
+    how.add_argument("--keep", type=float, help="share of every prunable width (heads, Q/K, "
+                     "V, FFN) kept, in (0, 1]")
+    how.add_argument("--macs", type=float, metavar="F", help="instead: the largest uniform "
+                     "keep whose model has at most F x the trial's MACs, F in (0, 1]")
     pr.add_argument("--finetune", type=int, default=0, metavar="E",
                     help="fine-tune E epochs on the study's data (default 0)")
     pr.add_argument("--out", help="new export folder to write")
@@ -218,7 +221,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     study_dir = study_paths(args.results)
     out = Path(args.out) if args.out else None
     variant, added = prune_trial(study_dir, args.trial, args.keep, finetune=args.finetune,
-                                 out=out, add=args.add)
+                                 out=out, add=args.add, macs=args.macs)
     print(summary_line(variant, added, out))
     return 0
 

@@ -41,7 +41,7 @@ from search_spaces.config import Config
 from trainers.data import Data, load_data
 from trainers.loop import evaluate
 from trainers.losses import objective_for
-from trainers.pruning import Pruned, build_pruned, finetune, prune
+from trainers.pruning import Pruned, build_pruned, finetune, prune, prune_to_macs
 
 from . import spec as specs
 from .export import build_model, check_out_dir, complete_row, trial_folder, write_export
@@ -61,7 +61,7 @@ from .results import (
     trial_row,
 )
 from .sections import fail
-from .spec import SearchSpec
+from .spec import SearchSpec, SpecError
 from .trainable import GatedData, budget_report, is_adaptive, measure_costs, save_checkpoint
 
 
@@ -85,9 +85,13 @@ class Variant:
         return str(self.parent["space"])
 
 
-def check_request(keep: float, finetune_epochs: int) -> None:
-    if not (isinstance(keep, numbers.Real) and 0 < keep <= 1):  # NaN fails too
+def check_request(keep: float | None, finetune_epochs: int, macs: float | None = None) -> None:
+    if (keep is None) == (macs is None):
+        fail("--keep", keep, "give exactly one of --keep R and --macs F")
+    if keep is not None and not (isinstance(keep, numbers.Real) and 0 < keep <= 1):
         fail("--keep", keep, "must be in (0, 1]: the share of every prunable width kept")
+    if macs is not None and not (isinstance(macs, numbers.Real) and 0 < macs <= 1):
+        fail("--macs", macs, "must be in (0, 1]: the share of the trial's (full) MACs kept")
     if finetune_epochs < 0:
         fail("--finetune", finetune_epochs, "must be >= 0 (epochs)")
 
@@ -161,14 +165,34 @@ def measure_variant(config: Config, model: nn.Module, data: Data, spec: SearchSp
     return result
 
 
-def make_variant(study_dir: Path, spec: SearchSpec, trial: int, keep: float,
-                 finetune_epochs: int) -> Variant:
-    """Prune ``trial`` to ``keep``, fine-tune, evaluate and measure (see the module doc)."""
+def _pruned(config: Config, model: nn.Module, scores: dict[str, torch.Tensor],
+            inputs: dict[str, Any], keep: float | None, macs: float | None) -> Pruned:
+    """``keep`` of every prunable width, or the largest uniform keep ratio whose model has at
+    most ``macs`` of the original's (full) MACs."""
+    if keep is not None:
+        return prune(config, model, scores, keep)
+    shape = (inputs["in_chans"], inputs["img_size"], inputs["img_size"])
+    try:
+        return prune_to_macs(config, model, scores, input_shape=shape, fraction=macs,
+                             num_classes=inputs["num_classes"])
+    except ValueError as err:
+        if "target of" in str(err):  # below what one channel per group leaves
+            fail("--macs", macs, str(err))
+        raise
+
+
+def make_variant(study_dir: Path, spec: SearchSpec, trial: int, keep: float | None,
+                 finetune_epochs: int, macs: float | None = None) -> Variant:
+    """Prune ``trial`` to ``keep`` (or to ``macs`` of its MACs), fine-tune, evaluate and
+    measure (see the module doc). The variant's ``keep`` is the ratio applied."""
     row, config, model, scores, inputs = load_parent(study_dir, trial)
     try:
-        pruned = prune(config, model, scores, keep)
+        pruned = _pruned(config, model, scores, inputs, keep, macs)
     except ValueError as err:  # scores that do not fit the model: a damaged trial folder
+        if isinstance(err, SpecError):
+            raise
         raise ResultsError(f"--trial = {trial}: cannot prune it: {err}") from None
+    keep = min(pruned.keep.values(), default=1.0)
     device = _device(spec)
     data = load_data(spec.data.replace(device=device))
     net, history = _finetuned(pruned, data, spec, finetune_epochs, device)
@@ -209,19 +233,20 @@ def export_variant(study_dir: Path, variant: Variant, out: Path,
                         inputs=variant.inputs, source=source, metrics=metrics)
 
 
-def prune_trial(study_dir: Path, trial: int, keep: float, *, finetune: int = 0,
-                out: Path | None = None, add: bool = False,
-                spec: SearchSpec | None = None) -> tuple[Variant, int | None]:
+def prune_trial(study_dir: Path, trial: int, keep: float | None, *, finetune: int = 0,
+                out: Path | None = None, add: bool = False, spec: SearchSpec | None = None,
+                macs: float | None = None) -> tuple[Variant, int | None]:
     """``nas prune``: the variant, written to ``out`` and/or added to the study (its new
-    trial id, else None). ``spec``: the study's (default: read from its spec.yaml)."""
-    check_request(keep, finetune)
+    trial id, else None). ``keep`` or ``macs`` (a share of the trial's MACs) says how far.
+    ``spec``: the study's (default: read from its spec.yaml)."""
+    check_request(keep, finetune, macs)
     if out is None and not add:
         fail("--out", None, "give an export folder (--out DIR) and/or --add")
     if out is not None:
         check_out_dir(out)
     spec = spec or specs.load(study_dir / SPEC)
     with _threads(spec):
-        variant = make_variant(study_dir, spec, trial, keep, finetune)
+        variant = make_variant(study_dir, spec, trial, keep, finetune, macs)
     trial_id = next_trial_id(study_dir) if add else None
     if out is not None:
         export_variant(study_dir, variant, out, trial_id)

@@ -315,7 +315,10 @@ def _structure(config: Config) -> str:
 
 def macs_of(config: Config, *, input_shape: Sequence[int], num_classes: int) -> int:
     """MACs of one sample (``count_macs``) of a freshly built model of ``config``; cached per
-    structure, as tracing costs ~0.1-1 s."""
+    structure, as tracing costs ~0.1-1 s. A halting ViT counts in full (every token through
+    every block): what it runs depends on its data, and the full cost bounds it."""
+    if getattr(config, "token_policy", "static") == "halting":
+        config = config.replace(token_policy="static")
     key = (_structure(config), tuple(input_shape), num_classes)
     if key not in _MACS:
         model = search_spaces.get(config.KIND).build(config, num_classes=num_classes,

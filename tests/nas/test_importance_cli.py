@@ -131,6 +131,22 @@ def test_prune_writes_a_smaller_export_that_reloads(tiny_study, tmp_path, run_na
     assert evaluate(model, data.val_batches(100))["accuracy"] == metrics["accuracy"]
 
 
+def test_prune_to_a_share_of_the_macs(tiny_study, tmp_path, capsys):
+    study, _ = tiny_study
+    out = tmp_path / "macs"
+    assert cli.main(["prune", str(study), "--trial", "0", "--macs", "0.6", "--out",
+                     str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    original = count_macs(trial_model(study, 0), (1, 28, 28))
+    assert count_macs(nas.load_exported(out), (1, 28, 28)) == metrics["macs"]
+    assert 0.4 * original < metrics["macs"] <= 0.6 * original  # the largest keep that fits
+    assert 0 < metrics["keep"] < 1 and f"keep {metrics['keep']:g}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as both:  # --keep and --macs exclude each other
+        cli.main(["prune", str(study), "--trial", "0", "--keep", "0.5", "--macs", "0.5",
+                  "--out", str(tmp_path / "both")])
+    assert both.value.code == 2 and not (tmp_path / "both").exists()
+
+
 def test_prune_keep_one_gives_the_original_logits(tiny_study, tmp_path):
     study, _ = tiny_study
     out = tmp_path / "same"
@@ -191,6 +207,8 @@ def test_prune_add_makes_a_row_that_pareto_lists_and_export_exports(tiny_study, 
     ["prune", "{study}", "--trial", "99", "--keep", "0.5", "--out", "{out}", "--add"],
     ["prune", "{study}", "--trial", "0", "--keep", "0.5"],  # neither --out nor --add
     ["prune", "{study}", "--trial", "0", "--keep", "0.5", "--out", "{study}"],  # not empty
+    ["prune", "{study}", "--trial", "0", "--macs", "0", "--out", "{out}"],
+    ["prune", "{study}", "--trial", "0", "--macs", "1e-6", "--out", "{out}"],  # unreachable
 ])
 def test_mistakes_exit_2_with_one_line_and_write_nothing(tiny_study, tmp_path, capsys, argv):
     study, _ = tiny_study
