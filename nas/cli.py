@@ -88,8 +88,8 @@ def _more_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("results")
     pr.add_argument("--trial", type=int, required=True)
     how = pr.add_mutually_exclusive_group(required=True)
-    how.add_argument("--keep", type=float, help="share of every prunable width (heads, Q/K, "
-                     "V, FFN) kept, in (0, 1]")
+    how.add_argument("--keep", type=float, help="share of every prunable channel width "
+                     "(Q/K, V, FFN; heads and depth are kept), in (0, 1]")
     how.add_argument("--macs", type=float, metavar="F", help="instead: the largest uniform "
                      "keep whose model has at most F x the trial's MACs, F in (0, 1]")
     pr.add_argument("--finetune", type=int, default=0, metavar="E",
@@ -102,6 +102,21 @@ def _more_commands(sub: argparse._SubParsersAction) -> None:
 def _summary(space: str, config_json: str) -> str:
     fam = search_spaces.get(space)
     return fam.summarize(fam.config_from_dict(json.loads(config_json)))
+
+
+def _plot_path(value: str | None) -> Path | None:
+    """``--plot FILE``: its folder must exist and its suffix be an image format matplotlib
+    writes (checked before any work, so a mistake costs nothing)."""
+    if value is None:
+        return None
+    path = Path(value)
+    formats = ("png", "pdf", "svg", "jpg", "jpeg")
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise SpecError(f"--plot = {value!r}: the file name must end in one of "
+                        f"{', '.join('.' + f for f in formats)}")
+    if not path.parent.is_dir():
+        raise SpecError(f"--plot = {value!r}: no folder {str(path.parent)!r} to write it in")
+    return path
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -165,7 +180,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     conditions = [] if args.all else [study_constraints(spec)]
     where = " and ".join(f"({w})" for w in [*conditions, args.where] if w) or None
     _print_front(study_dir, objectives, where, args.format,
-                 Path(args.plot) if args.plot else None)
+                 _plot_path(args.plot))
     return 0
 
 
@@ -212,7 +227,7 @@ def cmd_importance(args: argparse.Namespace) -> int:
     from .importance_report import importance_report
     print(importance_report(study_paths(args.results), trial=args.trial,
                             coverage=args.coverage, style=args.format,
-                            plot=Path(args.plot) if args.plot else None))
+                            plot=_plot_path(args.plot)))
     return 0
 
 

@@ -38,16 +38,26 @@ def _split(config: Any) -> int:
     return config.embed_dim // config.num_heads
 
 
+def _heads_free_capacity(config: Any) -> bool:
+    """Whether fewer heads shrink a ViT's attention: not when every per-head width is
+    embed_dim // heads (qk_dim None, and v_dim None or cascaded group attention, whose value
+    width is the split), where each head just gets wider. (EfficientViT's key_dim is always
+    explicit: fewer heads there always cut heads x key_dim.)"""
+    return config.qk_dim is not None or (config.attn == "mhsa" and config.v_dim is not None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Knob:
     """The dimension ``dim`` sets the size of ``component`` (trainers.importance.COMPONENTS).
     ``stage``: the summary's stage it is read from; None for a knob shared by every stage
-    (read from the most demanding stage). ``none_means``: the size a None value stands for."""
+    (read from the most demanding stage). ``none_means``: the size a None value stands for.
+    ``applies``: whether narrowing the knob frees capacity in a config (None: always)."""
 
     component: str
     dim: str
     stage: int | None = None
     none_means: Callable[[Any], float] | None = None
+    applies: Callable[[Any], bool] | None = None
 
 
 KNOBS: dict[str, tuple[Knob, ...]] = {
@@ -57,7 +67,8 @@ KNOBS: dict[str, tuple[Knob, ...]] = {
         *(Knob("depth", f"depth_{k}", k - 1) for k in range(1, 5))),
     "vit": (
         Knob("qk", "qk_dim", none_means=_split), Knob("v", "v_dim", none_means=_split),
-        Knob("ffn", "mlp_ratio"), Knob("heads", "num_heads"), Knob("depth", "depth", 0)),
+        Knob("ffn", "mlp_ratio"), Knob("heads", "num_heads", applies=_heads_free_capacity),
+        Knob("depth", "depth", 0)),
 }
 
 
@@ -97,6 +108,8 @@ def narrowed_params(row: Mapping[str, Any], config: Config, params: Mapping[str,
     out, share = dict(params), 1.0
     for knob in knobs:
         if knob.dim not in params:  # fixed by the spec, or not drawn for this config
+            continue
+        if knob.applies is not None and not knob.applies(config):
             continue
         keep = kept_fraction(row, knob)
         value = params[knob.dim]

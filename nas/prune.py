@@ -2,8 +2,10 @@
 
 A complete trial's weights and Taylor scores (trials/<n>/importance.safetensors) give a
 physically smaller model of the same family (``trainers.pruning.prune``, one keep ratio for
-every width component the family can prune: heads, Q/K, V and FFN channels for ViTs with
-MHSA, Q/K and FFN channels for cascaded group attention; depth is kept). The variant is
+every channel width the family can prune: Q/K, V and FFN channels for ViTs with MHSA, Q/K
+and FFN channels for cascaded group attention; heads and depth are kept; or, with ``macs``,
+the largest such keep whose model has at most that share of the trial's MACs: of its full,
+all-token MACs for a halting trial). The variant is
 optionally fine-tuned on the study's data (its ``train`` settings with ``epochs`` = the
 fine-tune epochs, no warm-up: the weights are trained already; seeded with ``train.seed``),
 evaluated on the validation split and measured as the search measures
@@ -46,10 +48,8 @@ from trainers.pruning import Pruned, build_pruned, finetune, prune, prune_to_mac
 from . import spec as specs
 from .export import build_model, check_out_dir, complete_row, trial_folder, write_export
 from .gate import MeasurementGate, gate_name
-from .importance_report import trial_scores
-from .pareto import study_front
+from .importance_report import front_trials, trial_scores
 from .results import (
-    IMPORTANCE,
     SPEC,
     TRIALS,
     Printer,
@@ -245,6 +245,7 @@ def prune_trial(study_dir: Path, trial: int, keep: float | None, *, finetune: in
     if out is not None:
         check_out_dir(out)
     spec = spec or specs.load(study_dir / SPEC)
+    specs.check_data(spec)  # the study's data must be here (fine-tune, evaluation)
     with _threads(spec):
         variant = make_variant(study_dir, spec, trial, keep, finetune, macs)
     trial_id = next_trial_id(study_dir) if add else None
@@ -277,9 +278,7 @@ def prune_best(study_dir: Path, spec: SearchSpec, *, printer: Printer = print) -
     trials without scores skipped) pruned to ``pruning.keep``, fine-tuned
     ``pruning.finetune_epochs`` and added as rows. Returns the new trial ids; a variant that
     fails is reported and skipped (the search's results stay)."""
-    front = [int(t) for t in dict.fromkeys(study_front(study_dir)["trial"])]
-    chosen = [t for t in front
-              if (study_dir / TRIALS / str(t) / IMPORTANCE).is_file()][:spec.pruning.best]
+    chosen = front_trials(study_dir)[0][:spec.pruning.best]
     if not chosen:
         printer("pruning: no trial on the front has importance scores; nothing pruned")
         return []

@@ -17,8 +17,6 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 import search_spaces
-from search_spaces.config import ConfigError
-from trainers.data import load_data
 
 from .results import (
     RAY,
@@ -32,7 +30,7 @@ from .results import (
     trial_rows,
 )
 from .searcher import make_searcher, trial_status
-from .spec import SearchSpec, SpecError, to_yaml
+from .spec import SearchSpec, SpecError, check_data, to_yaml
 from .trainable import train_candidate
 
 
@@ -138,22 +136,6 @@ def prepare_study_dir(spec: SearchSpec, *, auto_name: bool = False) -> SearchSpe
             spec = dataclasses.replace(spec, name=f"{base}-{n}")
     (spec.study_dir / SPEC).write_text(to_yaml(spec))
     return spec
-
-
-def check_data(spec: SearchSpec) -> None:
-    """Load the spec's data once in the driver, so that a missing dataset or an impossible
-    subset size is one clear error before Ray starts, not a failure in every trial."""
-    settings = spec.data
-    try:
-        if settings.name.startswith("folder:"):
-            root = Path(settings.name.removeprefix("folder:")).expanduser()
-            if not (root / "train").is_dir():
-                raise FileNotFoundError(f"no folder {root / 'train'} (expected "
-                                        "PATH/train/<class>/<images>)")
-        else:
-            load_data(settings)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        raise SpecError(f"data.name = {settings.name!r}: {err}") from None
 
 
 def _start_ray(spec: SearchSpec) -> bool:

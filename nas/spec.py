@@ -20,7 +20,7 @@ import yaml
 import search_spaces
 from search_spaces.config import ConfigError
 from search_spaces.dims import Dim, Fixed, narrow
-from trainers.data import DataSettings, native_img_size
+from trainers.data import DataSettings, load_data, native_img_size
 from trainers.loop import FitSettings
 
 from .sections import (
@@ -253,6 +253,18 @@ def _space(raw: Any, img_size: int) -> SpaceSpec:
     return SpaceSpec(name=space.name, dims=dims)
 
 
+def _check_needs_importance(sections: Mapping[str, Any]) -> None:
+    """Guided proposals and pruning read the trials' importance scores."""
+    if sections["importance"].batches > 0:
+        return
+    if sections["guidance"].proposals > 0:
+        fail("guidance.proposals", sections["guidance"].proposals,
+             "needs importance.batches > 0 (proposals come from the trials' importance)")
+    if sections["pruning"].best > 0:
+        fail("pruning.best", sections["pruning"].best,
+             "needs importance.batches > 0 (pruning reads the trials' importance)")
+
+
 def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     """Validate a spec given as a mapping (e.g. parsed YAML) into a :class:`SearchSpec`."""
     if not isinstance(raw, Mapping):
@@ -274,6 +286,7 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
         fail("scheduler", "asha", "needs accuracy among the objectives (it stops on accuracy)")
     if sections["latency"].device == "cuda" and sections["resources"].gpus <= 0:
         fail("latency.device", "cuda", "needs resources.gpus > 0")
+    _check_needs_importance(sections)
     data = sections["data"]
     space = _space(raw.get("space", "efficientvit"), data.img_size or native_img_size(data.name))
     return SearchSpec(name=name, space=space, objectives=objectives,
@@ -343,3 +356,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+def check_data(spec: SearchSpec) -> None:
+    """Load the spec's data once (in the driver, before Ray starts; before ``nas prune``
+    works), so that a missing dataset or an impossible subset size is one clear error, not a
+    failure in every trial."""
+    settings = spec.data
+    try:
+        if settings.name.startswith("folder:"):
+            root = Path(settings.name.removeprefix("folder:")).expanduser()
+            if not (root / "train").is_dir():
+                raise FileNotFoundError(f"no folder {root / 'train'} (expected "
+                                        "PATH/train/<class>/<images>)")
+        else:
+            load_data(settings)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        raise SpecError(f"data.name = {settings.name!r}: {err}") from None

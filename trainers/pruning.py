@@ -63,10 +63,10 @@ from search_spaces.vit import ViTConfig
 
 from .data import Data
 from .groups import Groups, component, group_layout
+from .importance import COMPONENTS
 from .loop import FitResult, FitSettings, fit
 from .measure import count_macs
 
-COMPONENTS = ("heads", "qk", "v", "ffn", "depth")
 CONFIG, WEIGHTS = "config.json", "model.safetensors"  # nas.export's file names
 _NOT_PRUNABLE = {
     "heads": "cascaded group attention reads one input chunk per head",
@@ -97,12 +97,13 @@ def prunable(config: Config) -> tuple[str, ...]:
 
 
 def keep_ratios(config: Config, keep: float | Mapping[str, float]) -> dict[str, float]:
-    """Keep ratio per component. A single float applies to the prunable WIDTH components
-    (heads, qk, v, ffn); depth is pruned only when named. A ratio < 1 for a component that
-    cannot be pruned here is an error; 1 is accepted and ignored."""
+    """Keep ratio per component. A single float applies to the prunable channel widths (qk,
+    v, ffn), so it is the share of every width kept; heads and depth are pruned only when
+    named (fewer heads of fewer channels each would keep keep**2 of the attention widths).
+    A ratio < 1 for a component that cannot be pruned here is an error; 1 is ignored."""
     allowed = prunable(config)
     if isinstance(keep, (int, float)) and not isinstance(keep, bool):
-        ratios = {c: float(keep) for c in allowed if c != "depth"}
+        ratios = {c: float(keep) for c in allowed if c not in ("depth", "heads")}
     else:
         unknown = sorted(set(keep) - set(COMPONENTS))
         if unknown:

@@ -189,3 +189,13 @@ def test_search_runs_guided_proposals(tmp_path, run_nas):
     frame = load_results(tmp_path / "g")
     assert list(frame.drop_duplicates("trial")["origin"]) == origins
     assert frame["key"].nunique() == len(frame.drop_duplicates("trial"))
+
+
+def test_heads_are_narrowed_only_where_that_shrinks_attention():
+    from nas.guidance import _heads_free_capacity
+    from search_spaces.vit import ViTConfig
+
+    assert not _heads_free_capacity(ViTConfig(embed_dim=96, num_heads=4))  # heads get wider
+    assert not _heads_free_capacity(ViTConfig(embed_dim=96, num_heads=4, attn="cga"))
+    assert _heads_free_capacity(ViTConfig(embed_dim=96, num_heads=4, qk_dim=16))
+    assert _heads_free_capacity(ViTConfig(embed_dim=96, num_heads=4, v_dim=16))

@@ -102,3 +102,24 @@ def test_export_of_a_budget_point_reloads_with_its_behaviour(halting_study, run_
                   "--out", str(tmp_path / "bad"), cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--point" in bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_importance_and_pruning_of_a_halting_trial(halting_study, run_nas, tmp_path):
+    study, _ = halting_study
+    frame = load_results(study)
+    trial = next(t for t, p in _policies(frame).items() if p == "halting")
+    assert (study / "trials" / str(trial) / "importance.safetensors").is_file()
+    shown = run_nas("importance", str(study), "--trial", str(trial), cwd=tmp_path)
+    assert shown.returncode == 0 and "ffn" in shown.stdout, shown.stderr
+    out = tmp_path / "pruned"
+    proc = run_nas("prune", str(study), "--trial", str(trial), "--keep", "0.5", "--out",
+                   str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    model = nas.load_exported(out)  # probe verified: the pruned model still halts the same
+    config = json.loads((out / "config.json").read_text())["config"]
+    parent = json.loads(frame[frame["trial"] == trial].iloc[0]["config"])
+    assert config["token_policy"] == "halting" and config["mlp_ratio"] < parent["mlp_ratio"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    parent_full = frame[frame["trial"] == trial].iloc[0]["full_macs"]
+    assert metrics["macs"] <= metrics["full_macs"] < parent_full
+    assert model.halting is not None and metrics["prov_input"] == "data"

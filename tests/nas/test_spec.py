@@ -175,3 +175,11 @@ def test_halting_knobs_are_dims_of_vit_and_checked():
     raw["space"]["dims"]["halt_target"] = [0.4]  # not among the domain's choices
     with pytest.raises(SpecError, match="^space.dims.halt_target"):
         specs.from_dict(raw)
+
+
+@pytest.mark.parametrize(("section", "value"), [("guidance.proposals", 2), ("pruning.best", 1)])
+def test_importance_off_with_guidance_or_pruning_is_an_error(section, value):
+    raw = with_value(section, value)
+    raw["importance"] = {"batches": 0}
+    with pytest.raises(SpecError, match=f"^{section} = {value}: needs importance.batches"):
+        specs.from_dict(raw)

@@ -230,7 +230,7 @@ def test_head_pruned_mhsa_configs_need_not_divide_the_width() -> None:
 
 
 def test_keep_ratios_name_what_cannot_be_pruned() -> None:
-    assert keep_ratios(VIT, 0.5) == {"heads": 0.5, "qk": 0.5, "v": 0.5, "ffn": 0.5}
+    assert keep_ratios(VIT, 0.5) == {"qk": 0.5, "v": 0.5, "ffn": 0.5}  # heads only by name
     assert keep_ratios(EVIT, 0.5) == {"qk": 0.5, "ffn": 0.5}
     assert keep_ratios(CONFIGS["cga"], {"heads": 1.0, "depth": 0.5}) == {"depth": 0.5}
     for config, keep, words in [
