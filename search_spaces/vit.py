@@ -131,15 +131,20 @@ class VisionTransformer(nn.Module):
         """Logits from the class token (LayerNorm acts per token: norming it alone suffices)."""
         return self.head(self.norm(tokens[:, 0]))
 
+    def forward_full(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits with every token through every block (a static model's forward; for a
+        halting model, its weights run without halting)."""
+        tokens = self.embed(x)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.forward_head(tokens)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | ModelOutput:
         """Logits; with halting, ``ModelOutput`` (masked path in training, removal in eval)."""
-        tokens = self.embed(x)
         if self.halting is None:
-            for block in self.blocks:
-                tokens = block(tokens)
-            return self.forward_head(tokens)
+            return self.forward_full(x)
         run = forward_masked if self.training else forward_removal
-        cls, aux = run(self.blocks, tokens, self.halting)
+        cls, aux = run(self.blocks, self.embed(x), self.halting)
         return ModelOutput(self.head(self.norm(cls)), aux)
 
 

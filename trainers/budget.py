@@ -55,10 +55,7 @@ class _FullRun(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.model.embed(x)
-        for block in self.model.blocks:
-            tokens = block(tokens)
-        return self.model.forward_head(tokens)
+        return self.model.forward_full(x)
 
 
 @dataclasses.dataclass(frozen=True)
