@@ -272,9 +272,8 @@ PRESETS: dict[str, ViTConfig] = {
 # divides 224, but 2 and 4 give too many tokens there (> MAX_TOKENS): they are for small
 # images, and a search at 224 must narrow patch_size. v_dim None means embed_dim // num_heads;
 # it is drawn only for attn="mhsa". The halt_* knobs are drawn only for token_policy="halting";
-# halt_beta goes well above the paper's -30 (tuned for fine-tuning DeiT, whose residual stream
-# is large) because short runs from scratch start with small activations. halt_eps, the
-# inference-time threshold, stays at its trained value: budget points move it afterwards.
+# halt_beta goes above the paper's -30 (tuned to fine-tune DeiT) for short runs from scratch;
+# halt_eps, the inference-time threshold, stays trained: budget points move it afterwards.
 DIMS: dict[str, Dim] = {
     "img_size": Fixed(224),
     "patch_size": Choice((2, 4, 7, 8, 14, 16)),

@@ -2,8 +2,8 @@
 
 ``prune(config, model, scores, keep)`` returns a new, valid config of the same family and the
 sliced state dict that ``search_spaces.get(kind).build(new_config, ...)`` loads with
-``strict=True``: real narrower matrices, fewer heads and blocks, not masks. Saved as
-config.json + safetensors like an export (``nas.export.load_exported`` reads it); no pickle.
+``strict=True``: real narrower matrices, fewer heads and blocks, not masks. ``nas prune``
+writes the result as an export folder (config.json + safetensors + probe, no pickle).
 
 How many, and which:
 - A config has one width per field (ViTConfig: one ``num_heads``, ``qk_dim``, ``v_dim``,
@@ -45,11 +45,9 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 import search_spaces
@@ -67,7 +65,6 @@ from .importance import COMPONENTS
 from .loop import FitResult, FitSettings, fit
 from .measure import count_macs
 
-CONFIG, WEIGHTS = "config.json", "model.safetensors"  # nas.export's file names
 _NOT_PRUNABLE = {
     "heads": "cascaded group attention reads one input chunk per head",
     "v": "cascaded group attention adds each head's V output to the next head's input",
@@ -378,31 +375,3 @@ def finetune(pruned: Pruned, data: Data, settings: FitSettings, *,
     """Build the pruned model and train it ``settings.epochs`` more epochs with ``fit``."""
     model = build_pruned(pruned, num_classes=data.num_classes, in_chans=data.in_chans)
     return model, fit(model, data, settings, report=report, loss_fn=loss_fn)
-
-
-def save_pruned(folder: str | Path, pruned: Pruned, *, num_classes: int,
-                in_chans: int = 3) -> Path:
-    """Write config.json (nas.export's layout: format, space, config, input, plus the keep
-    ratios) and model.safetensors into ``folder`` (created if needed)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {"format": 1, "space": pruned.config.KIND, "config": pruned.config.to_dict(),
-            "input": {"num_classes": num_classes, "in_chans": in_chans,
-                      "img_size": pruned.config.img_size},
-            "pruning": {"keep": pruned.keep, "macs": pruned.macs}}
-    (folder / CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    save_file({k: v.detach().cpu().contiguous() for k, v in pruned.state_dict.items()},
-              str(folder / WEIGHTS))
-    return folder
-
-
-def load_pruned(folder: str | Path) -> tuple[Config, nn.Module]:
-    """The config and model (weights loaded strictly, eval mode) from :func:`save_pruned`."""
-    folder = Path(folder)
-    meta = json.loads((folder / CONFIG).read_text())
-    space = search_spaces.get(meta["space"])
-    config = space.config_from_dict(meta["config"])
-    model = space.build(config, num_classes=meta["input"]["num_classes"],
-                        in_chans=meta["input"]["in_chans"])
-    model.load_state_dict(load_file(str(folder / WEIGHTS)), strict=True)
-    return config, model.eval()

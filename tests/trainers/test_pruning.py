@@ -3,7 +3,6 @@ that build and load strictly, MACs as predicted, and a trained model keeps what 
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -24,11 +23,9 @@ from trainers.pruning import (
     exact_ratio,
     finetune,
     keep_ratios,
-    load_pruned,
     prune,
     prune_to_macs,
     pruned_config,
-    save_pruned,
 )
 
 VIT = ViTConfig(img_size=8, patch_size=4, embed_dim=12, depth=3, num_heads=3)
@@ -317,21 +314,6 @@ def test_keeping_the_top_channels_costs_less_loss_than_keeping_the_bottom(traine
         net = build_pruned(pruned, num_classes=10, in_chans=3)
         losses[label] = evaluate(net, data.val_batches(128))["loss"]
     assert losses["bottom"] - base > 2 * (losses["top"] - base)
-
-
-def test_pruned_model_saves_as_config_and_safetensors(trained, tmp_path) -> None:
-    _, config, model, scores = trained
-    pruned = prune(config, model, scores, 0.5)
-    folder = save_pruned(tmp_path / "pruned", pruned, num_classes=10, in_chans=3)
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
-    meta = json.loads((folder / "config.json").read_text())
-    assert meta["space"] == "vit" and meta["input"] == {"num_classes": 10, "in_chans": 3,
-                                                        "img_size": 16}
-    loaded_config, loaded = load_pruned(folder)
-    assert loaded_config == pruned.config and not loaded.training
-    x = torch.randn(2, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), rebuild_eval(pruned)(x))
 
 
 def rebuild_eval(pruned) -> nn.Module:
