@@ -20,6 +20,7 @@ import yaml
 import search_spaces
 from search_spaces.config import ConfigError
 from search_spaces.dims import Dim, Fixed, narrow
+from trainers.budget import KNOB
 from trainers.data import DataSettings, load_data, native_img_size
 from trainers.loop import FitSettings
 
@@ -253,6 +254,16 @@ def _space(raw: Any, img_size: int) -> SpaceSpec:
     return SpaceSpec(name=space.name, dims=dims)
 
 
+def _check_budget(space: SpaceSpec, budget: BudgetSpec) -> None:
+    """The threshold ladder runs from a trial's trained eps up to ``max_eps``: it must lie
+    above every eps a candidate may be trained with."""
+    dim = {**search_spaces.get(space.name).dims, **space.dims}.get(KNOB)
+    trained = max((v for v in dim.values() if v is not None), default=0.0) if dim else 0.0
+    if budget.max_eps <= trained:
+        fail("budget.max_eps", budget.max_eps, f"must be above the trained threshold's eps "
+                                               f"(space.dims.{KNOB} reaches {trained:g})")
+
+
 def _check_needs_importance(sections: Mapping[str, Any]) -> None:
     """Guided proposals and pruning read the trials' importance scores."""
     if sections["importance"].batches > 0:
@@ -289,6 +300,7 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     _check_needs_importance(sections)
     data = sections["data"]
     space = _space(raw.get("space", "efficientvit"), data.img_size or native_img_size(data.name))
+    _check_budget(space, sections["budget"])
     return SearchSpec(name=name, space=space, objectives=objectives,
                       constraints=_constraints(raw.get("constraints")),
                       **sections, **top)

@@ -183,3 +183,13 @@ def test_importance_off_with_guidance_or_pruning_is_an_error(section, value):
     raw["importance"] = {"batches": 0}
     with pytest.raises(SpecError, match=f"^{section} = {value}: needs importance.batches"):
         specs.from_dict(raw)
+
+
+def test_budget_ladder_must_rise_above_the_trained_threshold():
+    raw = base()
+    raw["space"] = {"name": "vit", "dims": {"patch_size": 4, "token_policy": "halting"}}
+    raw["budget"] = {"max_eps": 0.01}  # the trained eps (halt_eps is fixed at 0.01)
+    with pytest.raises(SpecError, match=r"^budget.max_eps = 0.01: must be above .*0\.01"):
+        specs.from_dict(raw)
+    raw["budget"] = {"max_eps": 0.5}
+    assert specs.from_dict(raw).budget.max_eps == 0.5
