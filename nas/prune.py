@@ -62,7 +62,14 @@ from .results import (
 )
 from .sections import fail
 from .spec import SearchSpec, SpecError
-from .trainable import GatedData, budget_report, is_adaptive, measure_costs, save_checkpoint
+from .trainable import (
+    GatedData,
+    budget_report,
+    is_adaptive,
+    measure_costs,
+    save_checkpoint,
+    token_cost,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,15 +154,15 @@ def measure_variant(config: Config, model: nn.Module, data: Data, spec: SearchSp
     """Accuracy, val_loss, params, MACs, latency (+ provenance) as the search measures them;
     a halting model at its trained threshold, on real images. Leaves the model on the CPU."""
     shape = (data.in_chans, data.img_size, data.img_size)
-    adaptive = is_adaptive(config)
     model.cpu().eval()
     with MeasurementGate(gate_name(spec.latency.device)) as gate:
-        costs = measure_costs(model, spec, shape, gate, adaptive=adaptive)
+        cost = token_cost(model, shape, gate) if is_adaptive(config) else None
+        costs = measure_costs(model, spec, shape, gate, cost=cost)
         gated = GatedData(data, gate, device)
         model.to(device)
-        if adaptive:  # point 0 only: its trained threshold, through the budget-point code
+        if cost is not None:  # point 0 only: its trained threshold, through the budget-point code
             one = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, points=1))
-            point = budget_report(config, model, data, gated, one, gate)
+            point = budget_report(config, model, data, gated, one, gate, cost)
             result = {**costs, **{k: v for k, v in point.items() if k != "points"}}
         else:
             batch = spec.train.eval_batch_size or 2 * spec.train.batch_size

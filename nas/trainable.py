@@ -91,16 +91,25 @@ def latency_metrics(latency: Latency) -> dict[str, Any]:
             **{f"prov_{k}": v for k, v in latency.provenance.items()}}
 
 
-def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
-                  gate: MeasurementGate, *, adaptive: bool = False) -> dict[str, Any]:
-    """Params, MACs and latency of ``model``. An adaptive model gets params and its full
-    MACs only: what it runs (and so its latency) depends on data it has not learnt yet."""
+def token_cost(model: torch.nn.Module, input_shape: tuple[int, ...],
+               gate: MeasurementGate) -> TokenCost:
+    """An adaptive model's token cost model (it depends on the architecture only: counted
+    once per trial, before training)."""
     with gate.training_step():  # tracing for MACs is work like training: keep it apart
-        macs = TokenCost.of(model, input_shape).full() if adaptive else count_macs(
-            model, input_shape)
+        return TokenCost.of(model, input_shape)
+
+
+def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
+                  gate: MeasurementGate, *, cost: TokenCost | None = None) -> dict[str, Any]:
+    """Params, MACs and latency of ``model``. An adaptive model (given with its ``cost``)
+    gets params and its full MACs only: what it runs (and so its latency) depends on data
+    it has not learnt yet."""
+    if cost is not None:
+        macs = cost.full()
+        return {"params": count_params(model), "macs": macs, "full_macs": macs}
+    with gate.training_step():  # tracing for MACs is work like training: keep it apart
+        macs = count_macs(model, input_shape)
     costs = {"params": count_params(model), "macs": macs, "full_macs": macs}
-    if adaptive:
-        return costs
     return {**costs, **latency_metrics(timed(model, spec, input_shape, gate))}
 
 
@@ -113,7 +122,7 @@ def broken_cost_constraints(spec: SearchSpec, costs: dict[str, Any], *,
 
 
 def budget_report(candidate: Config, model: torch.nn.Module, data: Any, gated: Any,
-                  spec: SearchSpec, gate: MeasurementGate) -> dict[str, Any]:
+                  spec: SearchSpec, gate: MeasurementGate, cost: TokenCost) -> dict[str, Any]:
     """Point 0's accuracy and costs, and every budget point as JSON under ``points``."""
     shape = (data.in_chans, data.img_size, data.img_size)
     images = next(iter(data.val_batches(spec.latency.batch_size)))[0]
@@ -123,8 +132,6 @@ def budget_report(candidate: Config, model: torch.nn.Module, data: Any, gated: A
         latencies.append(timed(net, spec, shape, gate, images))
         return latencies[-1]
 
-    with gate.training_step():
-        cost = TokenCost.of(model, shape)
     knobs = default_knobs(candidate.halt_eps, spec.budget.points, stop=spec.budget.max_eps)
     eval_batch = spec.train.eval_batch_size or 2 * spec.train.batch_size
     points = budget_points(spec.space.name, candidate, model, gated, knobs=knobs,
@@ -181,8 +188,8 @@ def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
                                 in_chans=data.in_chans)
         shape = (data.in_chans, data.img_size, data.img_size)
         adaptive = is_adaptive(candidate)
-        costs = {**measure_costs(model, spec, shape, gate, adaptive=adaptive),
-                 "trial": config["trial"]}
+        cost = token_cost(model, shape, gate) if adaptive else None
+        costs = {**measure_costs(model, spec, shape, gate, cost=cost), "trial": config["trial"]}
         broken = broken_cost_constraints(spec, costs, adaptive=adaptive)
         if broken:
             tune.report({**costs, "accuracy": 0.0, "epoch": 0,
@@ -193,7 +200,7 @@ def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
 
         def report(metrics: dict[str, Any]) -> None:
             last = metrics["epoch"] == spec.train.epochs
-            final = budget_report(candidate, model, data, gated, spec, gate) if (
+            final = budget_report(candidate, model, data, gated, spec, gate, cost) if (
                 adaptive and last) else {}
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, config["candidate"], input_info(data))
