@@ -5,7 +5,7 @@ accuracy/MACs points that static ViTs do not? Writes results/benchmarks/halting.
 then times, interleaved in one process on real validation images, the removal path (eval
 mode), the same weights run in full (every token through every block) and the masked path,
 at each batch size; realised speedup = full time / removal time, MACs reduction = full MACs /
-MACs the removal path executed on those images (trainers.budget.TokenCost). Also compares
+MACs the removal path executed on those images (search_spaces.token_cost). Also compares
 how the removal path groups rows (PAD_SPLIT: one padded batch vs rows split by length).
 
 ``fronts`` (needs Ray: real searches): a small search of static ViTs and one of halting ViTs
@@ -21,7 +21,6 @@ model dominates.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -30,15 +29,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, write_table  # noqa: E402
+from machine import header, interleaved, write_table  # noqa: E402
 
 import search_spaces  # noqa: E402  (imports search_spaces._compat first)
 from search_spaces import halting  # noqa: E402
+from search_spaces.token_cost import TokenCost  # noqa: E402
 from search_spaces.vit import ViTConfig  # noqa: E402
-from trainers.budget import TokenCost  # noqa: E402
 from trainers.data import load_data  # noqa: E402
 from trainers.loop import FitSettings, evaluate, fit  # noqa: E402
 from trainers.losses import objective_for  # noqa: E402
+from trainers.measure import count_macs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ViTConfig(img_size=28, patch_size=4, embed_dim=192, depth=6, num_heads=3,
@@ -65,30 +65,6 @@ def trained(device: str) -> tuple[torch.nn.Module, torch.nn.Module, object]:
     return model.to(device).eval(), full.to(device).eval(), data
 
 
-def _timed(run, x: torch.Tensor, cuda: bool) -> float:
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run(x)
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def interleaved(runs: dict, x: torch.Tensor, *, repeats: int, warmup: int = 3) -> dict:
-    """Median seconds per call of each run, interleaved so machine drift hits all alike."""
-    cuda = x.device.type == "cuda"
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for run in runs.values():
-                run(x)
-        for _ in range(repeats):
-            for name, run in runs.items():
-                times[name].append(_timed(run, x, cuda))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def with_split(model: torch.nn.Module, pad_split: float):
     def run(x: torch.Tensor) -> object:
         previous, halting.PAD_SPLIT = halting.PAD_SPLIT, pad_split
@@ -107,7 +83,7 @@ def masked(model: torch.nn.Module):
 
 
 def speed_rows(model, full, data, batches: list[int], repeats: int) -> list[str]:
-    cost = TokenCost.of(full, (1, 28, 28))
+    cost = TokenCost.of(full, (1, 28, 28), count_macs)
     rows = ["| batch | full ms | removal ms | masked ms | MACs kept | MACs reduction | "
             "realised speedup | speedup / MACs reduction | removal, one padded batch ms |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -115,7 +91,7 @@ def speed_rows(model, full, data, batches: list[int], repeats: int) -> list[str]
         x = next(iter(data.val_batches(batch)))[0]
         with torch.inference_mode():
             tokens = model(x).aux["tokens_per_block"]
-        kept = float(cost.per_image(tokens).mean()) / cost.full()
+        kept = float(cost.tokens_cost(tokens).mean()) / cost.full()
         t = interleaved({"full": full, "removal": with_split(model, halting.PAD_SPLIT),
                          "masked": masked(model), "one": with_split(model, 1.0)}, x,
                         repeats=max(repeats // batch, 10) if batch > 1 else repeats)

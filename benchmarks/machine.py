@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -29,3 +32,28 @@ def write_table(name: str, lines: list[str]) -> Path:
     path = OUT / f"{name}.md"
     path.write_text(text)
     return path
+
+
+def _timed(run, x: torch.Tensor, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run(x)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def interleaved(runs: Mapping[str, Callable], x: torch.Tensor, *, repeats: int,
+                warmup: int = 3) -> dict[str, float]:
+    """Median seconds per call of each run, interleaved so machine drift hits all alike."""
+    cuda = x.device.type == "cuda"
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for run in runs.values():
+                run(x)
+        for _ in range(repeats):
+            for name, run in runs.items():
+                times[name].append(_timed(run, x, cuda))
+    return {name: statistics.median(t) for name, t in times.items()}

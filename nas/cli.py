@@ -17,10 +17,12 @@ from search_spaces.config import ConfigError
 
 from .export import ExportError, export_trial
 from .pareto import default_reference, hypervolume, pareto_front
+from .plugins import load_plugins
 from .results import (
     PLOT,
     ResultsError,
     fmt,
+    knob_columns,
     load_results,
     study_constraints,
     study_objectives,
@@ -68,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("results")
     ex.add_argument("--trial", type=int, required=True)
     ex.add_argument("--point", type=int, default=0, help="budget point of an adaptive trial "
-                    "(0 = its trained halting threshold; see `nas pareto`)")
+                    "(0 = its trained knob values; see `nas pareto`)")
     ex.add_argument("--out", required=True, help="new folder to write")
     _more_commands(sub)
     return p
@@ -97,6 +99,13 @@ def _more_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--out", help="new export folder to write")
     pr.add_argument("--add", action="store_true", help="add the variant to the study as a "
                     "row with origin 'pruned' (and trials/<new id>/)")
+
+
+def _study(results: str) -> Path:
+    """The study folder, with the plugins its spec names imported (their families)."""
+    study_dir = study_paths(results)
+    load_plugins(study_spec(study_dir).get("plugins") or [])
+    return study_dir
 
 
 def _summary(space: str, config_json: str) -> str:
@@ -147,9 +156,9 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, styl
     objs = parse_objectives(objectives, "--objectives")
     front = pareto_front(frame, objs, where)
     done = frame[frame["status"] == "complete"]
-    points = "halt_eps" in front.columns and front["halt_eps"].notna().any()
+    knobs = knob_columns(front)
     origins = ["origin"] if (frame["origin"] != "sampler").any() else []
-    cols = [c for c in ["trial", *origins, *(["point", "halt_eps"] if points else []),
+    cols = [c for c in ["trial", *origins, *(["point", *knobs] if knobs else []),
                         *[o.metric for o in objs], "latency_ms", "macs", "params", "config"]
             if c in front.columns]
     cols = list(dict.fromkeys(cols))
@@ -174,7 +183,7 @@ def _print_front(study_dir: Path, objectives: list[str], where: str | None, styl
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    study_dir = study_paths(args.results)
+    study_dir = _study(args.results)
     spec = study_spec(study_dir)
     objectives = args.objectives or study_objectives(spec)
     conditions = [] if args.all else [study_constraints(spec)]
@@ -185,7 +194,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    study_dir = study_paths(args.results)
+    study_dir = _study(args.results)
     rows = load_results(study_dir)
     frame = rows[rows["point"] == 0].reset_index(drop=True)  # a trial's trained point
     counts = frame["status"].value_counts().to_dict()
@@ -216,7 +225,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out = export_trial(study_paths(args.results), args.trial, args.out, point=args.point)
+    out = export_trial(_study(args.results), args.trial, args.out, point=args.point)
     at = f" point {args.point}" if args.point else ""
     print(f"exported trial {args.trial}{at} to {out} (config.json, model.safetensors, "
           f"metrics.json); load with nas.load_exported({str(out)!r})")
@@ -225,7 +234,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_importance(args: argparse.Namespace) -> int:
     from .importance_report import importance_report
-    print(importance_report(study_paths(args.results), trial=args.trial,
+    print(importance_report(_study(args.results), trial=args.trial,
                             coverage=args.coverage, style=args.format,
                             plot=_plot_path(args.plot)))
     return 0
@@ -233,7 +242,7 @@ def cmd_importance(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from .prune import prune_trial, summary_line
-    study_dir = study_paths(args.results)
+    study_dir = _study(args.results)
     out = Path(args.out) if args.out else None
     variant, added = prune_trial(study_dir, args.trial, args.keep, finetune=args.finetune,
                                  out=out, add=args.add, macs=args.macs)

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 import search_spaces
 from search_spaces.output import logits_of
 
-from .results import TRIALS, load_results
+from .plugins import load_plugins
+from .results import TRIALS, load_results, study_spec
 
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
 PROBE = "probe.safetensors"
@@ -51,9 +52,14 @@ def complete_row(study_dir: Path, trial: int, point: int = 0) -> dict[str, Any]:
     return row
 
 
+def input_shape(inputs: dict[str, Any]) -> tuple[int, int, int]:
+    """One sample's shape (C, H, W) from an export's or a trial's input conventions."""
+    return (inputs["in_chans"], inputs["img_size"], inputs["img_size"])
+
+
 def _probe(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, inputs["in_chans"], inputs["img_size"], inputs["img_size"], generator=gen)
+    x = torch.randn(2, *input_shape(inputs), generator=gen)
     with torch.no_grad():
         return {"input": x, "logits": logits_of(model.eval()(x)).float()}
 
@@ -62,8 +68,8 @@ def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str, *,
                  point: int = 0) -> Path:
     """Write the trial's architecture, weights and metrics to ``out_dir`` (new or empty).
 
-    ``point`` picks a budget point of an adaptive trial: its halting threshold is written
-    into the exported config, so the reloaded model behaves (and costs) as that row says.
+    ``point`` picks a budget point of an adaptive trial: its knob values are written into
+    the exported config, so the reloaded model behaves (and costs) as that row says.
     All or nothing: the files are written to a staging folder beside ``out_dir`` that is
     renamed at the end, and removed if anything fails.
     """
@@ -73,15 +79,22 @@ def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str, *,
     src = trial_folder(study_dir, trial)
     inputs = json.loads((src / "input.json").read_text())
     candidate = json.loads((src / "candidate.json").read_text())
-    if _jsonable(row.get("halt_eps")) is not None:
-        candidate["halt_eps"] = float(row["halt_eps"])
+    candidate.update(json.loads(_jsonable(row.get("knobs")) or "{}"))
     model = build_model(row["space"], candidate, inputs)
     model.load_state_dict(load_file(str(src / WEIGHTS)))
     metrics = {k: v for k, v in row.items() if k != "config"}
     metrics["history"] = json.loads((src / "history.json").read_text())
-    source = {"study": study_dir.name, "trial": trial, "point": point, "key": row["key"]}
+    source = {"study": study_dir.name, "trial": trial, "point": point, "key": row["key"],
+              **({"init": init} if (init := _init_of(row)) else {})}
+    plugins = study_spec(study_dir).get("plugins") or []
     return write_export(out_dir, model, space=row["space"], candidate=candidate,
-                        inputs=inputs, source=source, metrics=metrics)
+                        inputs=inputs, source=source, metrics=metrics, plugins=plugins)
+
+
+def _init_of(row: dict[str, Any]) -> dict[str, Any]:
+    """The warm start a trial began from (weights path and sha256; {} if none)."""
+    return {k.removeprefix("init_"): v for k, v in row.items()
+            if k.startswith("init_") and _jsonable(v) is not None}
 
 
 def trial_folder(study_dir: Path, trial: int,
@@ -102,7 +115,7 @@ def check_out_dir(out_dir: Path) -> None:
 
 def write_export(out_dir: Path, model: torch.nn.Module, *, space: str,
                  candidate: dict[str, Any], inputs: dict[str, Any], source: dict[str, Any],
-                 metrics: dict[str, Any]) -> Path:
+                 metrics: dict[str, Any], plugins: list[str] | tuple[str, ...] = ()) -> Path:
     """Write an export folder: config.json (space, config, input, ``source``, provenance:
     torch and the ``prov_*`` of ``metrics``), the model's weights, metrics.json and the probe.
 
@@ -112,7 +125,7 @@ def write_export(out_dir: Path, model: torch.nn.Module, *, space: str,
     check_out_dir(out_dir)
     metrics = {k: _jsonable(v) for k, v in metrics.items()}
     config = {"format": FORMAT_VERSION, "space": space, "config": candidate, "input": inputs,
-              "source": source,
+              "source": source, **({"plugins": list(plugins)} if plugins else {}),
               "provenance": {"torch": torch.__version__,
                              **{k: v for k, v in metrics.items() if k.startswith("prov_")}}}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -147,6 +160,7 @@ def load_exported(folder: Path | str, *, verify: bool = True) -> torch.nn.Module
     if not (folder / CONFIG).is_file():
         raise ExportError(f"{str(folder)!r}: not an export folder (no {CONFIG})")
     config = json.loads((folder / CONFIG).read_text())
+    load_plugins(config.get("plugins") or [])  # the family may come from one
     model = build_model(config["space"], config["config"], config["input"])
     model.load_state_dict(load_file(str(folder / WEIGHTS)))
     model.eval()

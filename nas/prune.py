@@ -5,14 +5,14 @@ physically smaller model of the same family (``trainers.pruning.prune``, one kee
 every channel width the family can prune: Q/K, V and FFN channels for ViTs with MHSA, Q/K
 and FFN channels for cascaded group attention; heads and depth are kept; or, with ``macs``,
 the largest such keep whose model has at most that share of the trial's MACs: of its full,
-all-token MACs for a halting trial). The variant is
+all-token MACs for an adaptive trial). The variant is
 optionally fine-tuned on the study's data (its ``train`` settings with ``epochs`` = the
 fine-tune epochs, no warm-up: the weights are trained already; seeded with ``train.seed``),
 evaluated on the validation split and measured as the search measures
-(``nas.trainable.measure_costs``: params, MACs, latency through the machine-wide gate). A
-halting ViT is pruned too (widths only, so its halting still works); like its search trial
-it is evaluated and timed on real images at its trained threshold, but only that point
-(point 0) becomes a row.
+(``nas.candidate.measure_costs``: params, MACs, latency through the machine-wide gate). An
+adaptive trial is pruned too (widths only, so its adaptive part still works); like its
+search trial it is evaluated and timed on real images at its trained knob values, but only
+that point (point 0) becomes a row.
 
 ``--out`` writes an export folder (``nas.export.write_export``: ``load_exported`` reads and
 verifies it). ``--add`` adds the variant to the study: a results row with origin "pruned",
@@ -43,10 +43,24 @@ from search_spaces.config import Config
 from trainers.data import Data, load_data
 from trainers.loop import evaluate
 from trainers.losses import objective_for
-from trainers.pruning import Pruned, build_pruned, finetune, prune, prune_to_macs
+from trainers.pruning import Pruned, TargetTooSmall, build_pruned, finetune, prune, prune_to_macs
 
 from . import spec as specs
-from .export import build_model, check_out_dir, complete_row, trial_folder, write_export
+from .candidate import (
+    GatedData,
+    budget_report,
+    candidate_cost,
+    measure_costs,
+    save_checkpoint,
+)
+from .export import (
+    build_model,
+    check_out_dir,
+    complete_row,
+    input_shape,
+    trial_folder,
+    write_export,
+)
 from .gate import MeasurementGate, gate_name
 from .importance_report import front_trials, trial_scores
 from .results import (
@@ -62,14 +76,6 @@ from .results import (
 )
 from .sections import fail
 from .spec import SearchSpec, SpecError
-from .trainable import (
-    GatedData,
-    budget_report,
-    is_adaptive,
-    measure_costs,
-    save_checkpoint,
-    token_cost,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +150,8 @@ def _finetuned(pruned: Pruned, data: Data, spec: SearchSpec, epochs: int,
     if epochs == 0:
         return build_pruned(pruned, num_classes=data.num_classes, in_chans=data.in_chans), []
     settings = spec.train.replace(epochs=epochs, warmup_epochs=0.0, device=device)
-    loss_fn = objective_for(pruned.config, label_smoothing=spec.train.label_smoothing)
+    adaptive = search_spaces.get(pruned.config.KIND).adaptive(pruned.config)
+    loss_fn = objective_for(adaptive, label_smoothing=spec.train.label_smoothing)
     model, result = finetune(pruned, data, settings, loss_fn=loss_fn)
     return model, result.history
 
@@ -152,21 +159,22 @@ def _finetuned(pruned: Pruned, data: Data, spec: SearchSpec, epochs: int,
 def measure_variant(config: Config, model: nn.Module, data: Data, spec: SearchSpec,
                     device: str) -> dict[str, Any]:
     """Accuracy, val_loss, params, MACs, latency (+ provenance) as the search measures them;
-    a halting model at its trained threshold, on real images. Leaves the model on the CPU."""
-    shape = (data.in_chans, data.img_size, data.img_size)
+    an adaptive model at its trained knob values, on real images. Leaves the model on the
+    CPU."""
+    shape = data.input_shape
+    adaptive = search_spaces.get(spec.space.name).adaptive(config)
     model.cpu().eval()
     with MeasurementGate(gate_name(spec.latency.device)) as gate:
-        cost = token_cost(model, shape, gate) if is_adaptive(config) else None
+        cost = candidate_cost(spec, config, model, shape, gate) if adaptive else None
         costs = measure_costs(model, spec, shape, gate, cost=cost)
         gated = GatedData(data, gate, device)
         model.to(device)
-        if cost is not None:  # point 0 only: its trained threshold, through the budget-point code
-            one = dataclasses.replace(spec, budget=dataclasses.replace(spec.budget, points=1))
-            point = budget_report(config, model, data, gated, one, gate, cost)
+        if adaptive is not None:  # point 0 only: its trained knobs, through the budget code
+            point = budget_report(config, adaptive, model, data, gated, spec, gate, cost,
+                                  points=1)
             result = {**costs, **{k: v for k, v in point.items() if k != "points"}}
         else:
-            batch = spec.train.eval_batch_size or 2 * spec.train.batch_size
-            val = evaluate(model, gated.val_batches(batch))
+            val = evaluate(model, gated.val_batches(spec.train.eval_batch()))
             result = {**costs, "accuracy": val["accuracy"], "val_loss": val["loss"]}
     model.cpu()
     return result
@@ -178,14 +186,11 @@ def _pruned(config: Config, model: nn.Module, scores: dict[str, torch.Tensor],
     most ``macs`` of the original's (full) MACs."""
     if keep is not None:
         return prune(config, model, scores, keep)
-    shape = (inputs["in_chans"], inputs["img_size"], inputs["img_size"])
     try:
-        return prune_to_macs(config, model, scores, input_shape=shape, fraction=macs,
-                             num_classes=inputs["num_classes"])
-    except ValueError as err:
-        if "target of" in str(err):  # below what one channel per group leaves
-            fail("--macs", macs, str(err))
-        raise
+        return prune_to_macs(config, model, scores, input_shape=input_shape(inputs),
+                             fraction=macs, num_classes=inputs["num_classes"])
+    except TargetTooSmall as err:  # below what one channel per group leaves
+        fail("--macs", macs, str(err))
 
 
 def make_variant(study_dir: Path, spec: SearchSpec, trial: int, keep: float | None,

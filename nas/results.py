@@ -5,7 +5,8 @@ results/<study>/
   study.db         the Optuna study (SQLite; the record of truth for completed trials)
   trials.parquet   one row per (trial, budget point): config (JSON), objectives, status,
                    timings, provenance. A static trial has one row (point 0); an adaptive
-                   one a row per halting threshold (point, halt_eps), point 0 the trained one.
+                   one a row per operating point (``point``; its knob values in ``knobs``,
+                   JSON, and in a column per knob), point 0 the trained one.
                    ``origin`` says where a row's config came from ("sampler", what a trial
                    config's "origin" says, or "pruned": a variant added by nas/prune.py, with
                    ``parent`` and ``keep``); ``imp_*`` columns are the Taylor importance
@@ -52,10 +53,6 @@ def study_paths(study_dir: Path | str) -> Path:
     return path
 
 
-POINT_KEYS = ("point", "halt_eps", "accuracy", "val_loss", "macs", "full_macs", "tokens_kept",
-              "latency_ms", "latency_p90_ms", "latency_spread")
-
-
 def load_results(study_dir: Path | str) -> pd.DataFrame:
     """The study's ``trials.parquet`` as a DataFrame, one row per (trial, budget point),
     sorted by trial and point."""
@@ -66,6 +63,22 @@ def load_results(study_dir: Path | str) -> pd.DataFrame:
     return frame.sort_values(["trial", "point"], kind="stable").reset_index(drop=True)
 
 
+def knob_columns(frame: pd.DataFrame) -> list[str]:
+    """The budget knobs that the rows' ``knobs`` JSON names (first seen first)."""
+    names: dict[str, None] = {}
+    for text in frame.get("knobs", pd.Series(dtype=object)).dropna():
+        names.update(dict.fromkeys(json.loads(text)))
+    return list(names)
+
+
+def _point_row(row: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
+    """A trial's row at one budget point: the point's metrics, usage figures and knobs (the
+    latency provenance stays the trial's)."""
+    knobs = point.get("knobs", {})
+    values = {k: v for k, v in point.items() if k != "knobs" and not k.startswith("prov_")}
+    return {**row, **values, "knobs": json.dumps(knobs, sort_keys=True), **knobs}
+
+
 def trial_rows(trial_number: int, status: str, space: str, candidate: dict[str, Any],
                key: str, last: dict[str, Any], history: list[dict[str, Any]],
                error: str = "", origin: str = "sampler") -> list[dict[str, Any]]:
@@ -73,24 +86,25 @@ def trial_rows(trial_number: int, status: str, space: str, candidate: dict[str, 
     reported (``points``, JSON), or one (point 0)."""
     row = trial_row(trial_number, status, space, candidate, key, last, history, error, origin)
     points = json.loads(last["points"]) if last.get("points") else []
-    return [{**row, **{k: p.get(k) for k in POINT_KEYS}} for p in points] or [row]
+    return [_point_row(row, p) for p in points] or [row]
 
 
 def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, Any],
               key: str, last: dict[str, Any], history: list[dict[str, Any]],
               error: str = "", origin: str = "sampler") -> dict[str, Any]:
     """One row of ``trials.parquet`` from a trial's final report (its point 0)."""
-    row: dict[str, Any] = {"trial": trial_number, "point": 0,
-                           "halt_eps": last.get("halt_eps"), "status": status,
+    knobs = json.loads(last.get("knobs") or "{}")
+    row: dict[str, Any] = {"trial": trial_number, "point": 0, "status": status,
                            "space": space, "key": key, "origin": origin,
-                           "config": json.dumps(candidate, sort_keys=True)}
+                           "config": json.dumps(candidate, sort_keys=True),
+                           "knobs": json.dumps(knobs, sort_keys=True), **knobs}
     for name in METRICS:
         row[name] = last.get(name)
     if status == "infeasible":
         row["accuracy"] = None  # never trained: the 0.0 it told Optuna is no accuracy
     row["epochs"] = len(history)
     row["train_time_s"] = sum(h.get("epoch_time_s", 0.0) for h in history)
-    row.update({k: v for k, v in last.items() if k.startswith(("prov_", "imp_"))})
+    row.update({k: v for k, v in last.items() if k.startswith(("prov_", "imp_", "init_"))})
     row["error"] = error
     return row
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -89,8 +90,9 @@ class ResultsCallback(tune.Callback):
                           origin=trial.config.get("origin", "sampler"))
         self.table.add(rows)
         if len(rows) > 1:
-            self.printer(f"  trial {number}: {len(rows)} budget points, halt_eps "
-                         f"{rows[0]['halt_eps']:g}..{rows[-1]['halt_eps']:g}: accuracy "
+            knobs = ", ".join(f"{k} {fmt(rows[0][k])}..{fmt(rows[-1][k])}"
+                              for k in json.loads(rows[0]["knobs"]))
+            self.printer(f"  trial {number}: {len(rows)} budget points, {knobs}: accuracy "
                          f"{fmt(rows[0]['accuracy'])}..{fmt(rows[-1]['accuracy'])}, macs "
                          f"{fmt(rows[0]['macs'])}..{fmt(rows[-1]['macs'])}")
         return rows[0]

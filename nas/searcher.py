@@ -28,8 +28,9 @@ from search_spaces.dims import Dim
 from .guidance import propose, study_rows
 from .spec import METRICS, Constraint, SearchSpec
 
-RECORDED = (*METRICS, "epoch", "infeasible", "halt_eps")
-RECORDED_PREFIXES = ("imp_",)  # the importance summary (trainers.importance.summarize)
+RECORDED = (*METRICS, "epoch", "infeasible", "knobs")  # knobs: point 0's, JSON
+# the importance summary (trainers.importance.summarize) and the warm start's provenance
+RECORDED_PREFIXES = ("imp_", "init_")
 log = logging.getLogger("nas")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -41,16 +42,30 @@ class LatencySpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class BudgetSpec:
-    """Operating points of adaptive candidates: ``points`` halting thresholds per trained
-    model, from the trained one (point 0) evenly up to ``max_eps``; each is a results row."""
+    """Operating points of adaptive candidates: ``points`` per trained model (point 0 its
+    trained knob values), each a results row. ``limits``: the far end of a budget knob's
+    ladder (knob name -> value; the family's default where not given), checked against the
+    space's budget knobs by the spec."""
 
     points: int = 5
-    max_eps: float = 0.95
+    limits: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         at_least("budget.points", self.points, 1)
-        if not 0 < self.max_eps < 1:
-            fail("budget.max_eps", self.max_eps, "must be in (0, 1)")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class InitSpec:
+    """Warm start: ``weights`` every candidate starts from (an export folder or a
+    .safetensors state dict; None = trained from scratch) and ``fresh``, name patterns
+    (fnmatch) of tensors not taken from them (e.g. ``head.*`` for other classes)."""
+
+    weights: str | None = None
+    fresh: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.fresh and self.weights is None:
+            fail("init.fresh", list(self.fresh), "needs init.weights")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

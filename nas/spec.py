@@ -20,14 +20,16 @@ import yaml
 import search_spaces
 from search_spaces.config import ConfigError
 from search_spaces.dims import Dim, Fixed, narrow
-from trainers.budget import KNOB
 from trainers.data import DataSettings, load_data, native_img_size
 from trainers.loop import FitSettings
 
+from .init import check_init_weights, fix_architecture
+from .plugins import load_plugins, resolved
 from .sections import (
     BudgetSpec,
     GuidanceSpec,
     ImportanceSpec,
+    InitSpec,
     LatencySpec,
     PruningSpec,
     ResourcesSpec,
@@ -39,11 +41,11 @@ from .sections import (
 
 # What a trial reports and the results table keeps, beside the per-epoch history.
 METRICS = ("accuracy", "val_loss", "train_loss", "latency_ms", "latency_p90_ms",
-           "latency_spread", "macs", "params", "full_macs", "tokens_kept")
+           "latency_spread", "macs", "params", "full_macs")
 OBJECTIVES = ("accuracy", "latency_ms", "macs", "params")
 CONSTRAINABLE = ("accuracy", "val_loss", "latency_ms", "latency_p90_ms", "macs", "params")
 # Known before training: a candidate that breaks a constraint on these is not trained. For
-# an adaptive candidate (halting) only params are: its MACs and latency depend on its data.
+# an adaptive candidate only params are: its MACs and latency depend on its data.
 COSTS = ("latency_ms", "latency_p90_ms", "macs", "params")
 STATIC_COSTS = ("params",)
 # Keys of the trainers' settings that a trial decides for itself, not the spec.
@@ -101,12 +103,14 @@ class SearchSpec:
     importance: ImportanceSpec = dataclasses.field(default_factory=ImportanceSpec)
     pruning: PruningSpec = dataclasses.field(default_factory=PruningSpec)
     guidance: GuidanceSpec = dataclasses.field(default_factory=GuidanceSpec)
+    init: InitSpec = dataclasses.field(default_factory=InitSpec)
     trials: int = 8
     concurrent_trials: int = 1
     scheduler: str = "none"
     results_dir: str = "results"
     ray_address: str | None = None
     storage: str | None = None
+    plugins: tuple[str, ...] = ()  # modules that register more families (nas/plugins.py)
 
     @property
     def study_dir(self) -> Path:
@@ -125,14 +129,16 @@ class SearchSpec:
 # ---------------------------------------------------------------- parsing raw YAML values
 
 _TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler", "latency",
-        "resources", "budget", "importance", "pruning", "guidance", "trials",
-        "concurrent_trials", "scheduler", "results_dir", "ray_address", "storage"}
+        "resources", "budget", "importance", "pruning", "guidance", "init", "trials",
+        "concurrent_trials", "scheduler", "results_dir", "ray_address", "storage", "plugins"}
 _SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
              "latency": LatencySpec, "resources": ResourcesSpec, "budget": BudgetSpec,
-             "importance": ImportanceSpec, "pruning": PruningSpec, "guidance": GuidanceSpec}
+             "importance": ImportanceSpec, "pruning": PruningSpec, "guidance": GuidanceSpec,
+             "init": InitSpec}
 _SECTION_DEFAULTS = {"data": {"name": "fashion-mnist"}}
 _SCALARS = {"trials": int, "concurrent_trials": int, "scheduler": str, "results_dir": str,
-            "ray_address": str | None, "storage": str | None}  # top-level single values
+            "ray_address": str | None, "storage": str | None,  # top-level values
+            "plugins": tuple[str, ...]}
 DEFAULT_OBJECTIVES = ("accuracy:max", "latency_ms:min")
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -153,13 +159,24 @@ def _section(cls: type, raw: Any, prefix: str) -> Any:
     try:
         return cls(**values)
     except ConfigError as err:  # the trainers' rule, said with the spec's field path
-        field = re.search(r"`(\w+)`", str(err))
-        key = field.group(1) if field else ""
+        key = err.field or ""
         raise SpecError(f"{prefix}.{key} = {values.get(key)!r}: {err}") from None
 
 
 def _typed(field: str, hint: Any, value: Any) -> Any:
-    """Check a scalar against its annotation (int, float, str, bool, optional)."""
+    """Check a value against its annotation: int, float, str, bool, optional, a tuple of
+    strings (a YAML list) or a mapping of names to numbers."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail(field, value, "must be a list of strings")
+        return tuple(value)
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in value.items()):
+            fail(field, value, "must be a mapping of names to numbers")
+        return {k: float(v) for k, v in value.items()}
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
     base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
     if value is None:
@@ -222,7 +239,7 @@ def _constraints(raw: Any) -> tuple[Constraint, ...]:
     return tuple(out)
 
 
-def _space(raw: Any, img_size: int) -> SpaceSpec:
+def _space(raw: Any, img_size: int, init: InitSpec) -> SpaceSpec:
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, Mapping) or "name" not in raw:
@@ -247,6 +264,8 @@ def _space(raw: Any, img_size: int) -> SpaceSpec:
             dims[key] = narrow(key, space.dims[key], value)
         except ConfigError as err:
             raise SpecError(str(err)) from None
+    if init.weights is not None:
+        dims = fix_architecture(space, dims, init)
     try:
         space.check_dims({**space.dims, **dims})
     except ConfigError as err:
@@ -255,13 +274,24 @@ def _space(raw: Any, img_size: int) -> SpaceSpec:
 
 
 def _check_budget(space: SpaceSpec, budget: BudgetSpec) -> None:
-    """The threshold ladder runs from a trial's trained eps up to ``max_eps``: it must lie
-    above every eps a candidate may be trained with."""
-    dim = {**search_spaces.get(space.name).dims, **space.dims}.get(KNOB)
-    trained = max((v for v in dim.values() if v is not None), default=0.0) if dim else 0.0
-    if budget.max_eps <= trained:
-        fail("budget.max_eps", budget.max_eps, f"must be above the trained threshold's eps "
-                                               f"(space.dims.{KNOB} reaches {trained:g})")
+    """Each ``budget.limits`` entry must be a budget knob of the space, inside the knob's
+    domain, and beyond every value the knob may be trained with (the ladder runs from the
+    trained value to the limit, one way)."""
+    fam = search_spaces.get(space.name)
+    for name, limit in budget.limits.items():
+        knob = fam.budget_knobs.get(name)
+        if knob is None:
+            fail(f"budget.limits.{name}", limit, f"not a budget knob of space {fam.name!r}; "
+                 f"its knobs: {sorted(fam.budget_knobs)}")
+        why = knob.check_limit(limit)
+        if why:
+            fail(f"budget.limits.{name}", limit, why)
+        dim = {**fam.dims, **space.dims}.get(name)
+        trained = [v for v in dim.values() if v is not None] if dim else []
+        if any(v == limit or (v < limit) != (v < knob.limit) for v in trained):
+            fail(f"budget.limits.{name}", limit, f"must lie beyond every trained value on "
+                 f"the side of the default limit {knob.limit:g} (space.dims.{name}: "
+                 f"{trained})")
 
 
 def _check_needs_importance(sections: Mapping[str, Any]) -> None:
@@ -287,7 +317,13 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     if not isinstance(name, str) or not _NAME.match(name):
         fail("name", name, "must be a name of letters, digits, '_', '.', '-'")
     sections = {k: _section(cls, raw.get(k), k) for k, cls in _SECTIONS.items()}
+    if sections["init"].weights is not None:  # trials run elsewhere: an absolute path
+        weights = str(Path(sections["init"].weights).expanduser().resolve())
+        sections["init"] = dataclasses.replace(sections["init"], weights=weights)
     top = {k: _typed(k, hint, raw[k]) for k, hint in _SCALARS.items() if k in raw}
+    if "plugins" in top:  # before the space is looked up: they may register it
+        top["plugins"] = resolved(top["plugins"])
+        load_plugins(top["plugins"])
     at_least("trials", top.get("trials", 8), 1)
     at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
     if top.get("scheduler", "none") not in ("none", "asha"):
@@ -299,7 +335,8 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
         fail("latency.device", "cuda", "needs resources.gpus > 0")
     _check_needs_importance(sections)
     data = sections["data"]
-    space = _space(raw.get("space", "efficientvit"), data.img_size or native_img_size(data.name))
+    space = _space(raw.get("space", "efficientvit"), data.img_size or native_img_size(data.name),
+                   sections["init"])
     _check_budget(space, sections["budget"])
     return SearchSpec(name=name, space=space, objectives=objectives,
                       constraints=_constraints(raw.get("constraints")),
@@ -373,7 +410,8 @@ def _plain(value: Any) -> Any:
 def check_data(spec: SearchSpec) -> None:
     """Load the spec's data once (in the driver, before Ray starts; before ``nas prune``
     works), so that a missing dataset or an impossible subset size is one clear error, not a
-    failure in every trial."""
+    failure in every trial; then check that a candidate built for it takes the ``init``
+    weights."""
     settings = spec.data
     try:
         if settings.name.startswith("folder:"):
@@ -381,7 +419,11 @@ def check_data(spec: SearchSpec) -> None:
             if not (root / "train").is_dir():
                 raise FileNotFoundError(f"no folder {root / 'train'} (expected "
                                         "PATH/train/<class>/<images>)")
+            classes, chans = sum(p.is_dir() for p in (root / "train").iterdir()), 3
         else:
-            load_data(settings)
+            data = load_data(settings)
+            classes, chans = data.num_classes, data.in_chans
     except (ConfigError, FileNotFoundError, ValueError) as err:
         raise SpecError(f"data.name = {settings.name!r}: {err}") from None
+    check_init_weights(spec.space.name, spec.space.dims, spec.init, num_classes=classes,
+                       in_chans=chans)

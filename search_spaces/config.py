@@ -14,7 +14,12 @@ C = TypeVar("C", bound="Config")
 
 
 class ConfigError(ValueError):
-    """A config value breaks a rule. The message names the field, the value and the rule."""
+    """A config value breaks a rule. The message names the field, the value and the rule;
+    ``field`` is the field's name where one field is at fault (else None)."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -58,16 +63,16 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def check(ok: bool, message: str) -> None:
-    """Raise :class:`ConfigError` with ``message`` unless ``ok``."""
+def check(ok: bool, message: str, *, field: str | None = None) -> None:
+    """Raise :class:`ConfigError` with ``message`` (about ``field``) unless ``ok``."""
     if not ok:
-        raise ConfigError(message)
+        raise ConfigError(message, field=field)
 
 
 def check_int(name: str, value: object, low: int) -> None:
     """Raise :class:`ConfigError` unless ``value`` is an int (not a bool) and >= ``low``."""
     check(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-          f"`{name}`={value!r} must be an integer >= {low}")
+          f"`{name}`={value!r} must be an integer >= {low}", field=name)
 
 
 @functools.cache

@@ -8,12 +8,15 @@ from typing import Any
 
 from torch import nn
 
+from .adaptive import Adaptive, BudgetKnob
 from .config import Config, ConfigError
 from .dims import Dim, Replay, TrialLike, check_contains
 
 SuggestFn = Callable[[TrialLike, Mapping[str, Dim]], Config]
 ParamsFn = Callable[[Config], dict[str, Any]]
 BuildFn = Callable[..., nn.Module]
+AdaptiveFn = Callable[[Config], Adaptive | None]
+WeightsArchitectureFn = Callable[[Mapping[str, tuple[int, ...]]], dict[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +28,13 @@ class SearchSpace:
     num_classes, in_chans=3)`` is a pure function returning an ``nn.Module``.
     ``params_fn(config)`` gives the value of every knob in ``config`` (dimension name ->
     value as ``suggest`` draws it); :meth:`params` keeps those that a draw asks the trial for.
+
+    Adaptive families (search_spaces/adaptive.py) give ``adaptive_fn(config)`` (the config's
+    :class:`Adaptive`, None for a static config) and ``budget_knobs`` (every inference-time
+    knob any of their configs has). ``architecture`` names the dimensions that trained weights
+    fix (warm start; default: every dimension); ``weights_architecture_fn(shapes)`` reads
+    those it can from a state dict's tensor shapes (None: only export folders, whose config
+    says them, can be a warm start).
     """
 
     name: str
@@ -35,7 +45,30 @@ class SearchSpace:
     build_fn: BuildFn
     check_fn: Callable[[Mapping[str, Dim]], None] | None = None
     params_fn: ParamsFn | None = None
+    adaptive_fn: AdaptiveFn | None = None
+    budget_knobs: Mapping[str, BudgetKnob] = dataclasses.field(default_factory=dict)
+    architecture: tuple[str, ...] | None = None
+    weights_architecture_fn: WeightsArchitectureFn | None = None
     description: str = ""
+
+    def adaptive(self, config: Config) -> Adaptive | None:
+        """What makes ``config`` adaptive (its knobs, operating points, cost model, loss
+        terms), or None: a static config."""
+        return None if self.adaptive_fn is None else self.adaptive_fn(config)
+
+    def architecture_of(self, config: Config) -> dict[str, Any]:
+        """The values of ``config``'s architecture dimensions (what its weights fix)."""
+        names = self.architecture if self.architecture is not None else tuple(self.dims)
+        values = self.params_fn(config) if self.params_fn is not None else config.to_dict()
+        return {name: values[name] for name in names if name in values}
+
+    def architecture_of_weights(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
+        """The architecture dimensions a state dict's tensor shapes fix (ConfigError if this
+        family cannot read them from shapes)."""
+        if self.weights_architecture_fn is None:
+            raise ConfigError(f"space {self.name!r} cannot read an architecture from a bare "
+                              "state dict: start from an export folder (nas export)")
+        return self.weights_architecture_fn(shapes)
 
     def suggest(self, trial: TrialLike, dims: Mapping[str, Dim] | None = None) -> Config:
         return self.suggest_fn(trial, {**self.dims, **(dims or {})})

@@ -28,15 +28,20 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from . import halting
+from .adaptive import Adaptive
 from .config import Config, ConfigError, check, check_int
 from .dims import Choice, Dim, Fixed, IntRange, TrialLike
-from .halting import HaltingParams, forward_masked, forward_removal
+from .halting import HaltingFields, HaltingParams, forward_masked, forward_removal
 from .layers.attention import ATTENTION_KINDS, build_attention
 from .layers.mlp import Mlp
 from .output import ModelOutput
 from .registry import SearchSpace, register
+from .vit_weights import architecture_of_weights
 
-TOKEN_POLICIES = ("static", "halting")
+# token_policy -> its side of the adaptive contract (search_spaces/adaptive.py); None: static
+POLICIES: dict[str, type[Adaptive] | None] = {"static": None, "halting": halting.Halting}
+TOKEN_POLICIES = tuple(POLICIES)
 LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon
 MAX_TOKENS = 1024  # most patch tokens a search domain may give (attention memory ~ tokens^2)
 
@@ -169,7 +174,7 @@ _INT_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "san
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ViTConfig(Config):
+class ViTConfig(Config, HaltingFields):
     """One isotropic ViT. ``qk_dim``/``v_dim`` are per head; None means embed_dim // num_heads.
     ``num_heads`` must divide ``embed_dim`` unless attn="mhsa" gives both widths explicitly
     (e.g. a head-pruned model, trainers/pruning.py).
@@ -179,14 +184,8 @@ class ViTConfig(Config):
     sub-blocks before the attention of every block (0 = the standard ViT block); each block
     then has one attention and k + 1 FFNs.
 
-    ``token_policy``: "static" (every token passes every block) or "halting" (A-ViT). The
-    ``halt_*`` fields matter only for "halting": score scale ``halt_gamma`` and offset
-    ``halt_beta``; the loss targets ``halt_target`` (target halting depth as a fraction of
-    ``depth``; the paper's 8 of 12), ``halt_ponder`` (ponder weight alpha_p; None = the
-    paper's 5e-4 at depth 12 scaled by 12 / depth, the same pressure per block) and
-    ``halt_prior`` (weight alpha_d of the KL to the Gaussian depth prior); and the
-    inference-time knob ``halt_eps`` (a token halts once its cumulative score exceeds
-    1 - eps; raising it trades accuracy for compute without retraining).
+    ``token_policy``: "static" (every token passes every block) or "halting" (A-ViT, with the
+    ``halt_*`` fields of :class:`~search_spaces.halting.HaltingFields`).
     """
 
     KIND: ClassVar[str] = "vit"
@@ -202,12 +201,6 @@ class ViTConfig(Config):
     attn: str = "mhsa"
     sandwich: int = 0
     token_policy: str = "static"
-    halt_gamma: float = 10.0
-    halt_beta: float = -30.0
-    halt_target: float = 8 / 12
-    halt_ponder: float | None = None
-    halt_prior: float = 1e-3
-    halt_eps: float = 0.01
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -220,25 +213,9 @@ class ViTConfig(Config):
         self._check_relations()
         self._check_halting()
 
-    def _check_halting(self) -> None:
-        for name in ("halt_gamma", "halt_beta", "halt_target", "halt_prior", "halt_eps",
-                     "halt_ponder"):
-            value = getattr(self, name)
-            check(value is None and name == "halt_ponder" or isinstance(value, (int, float))
-                  and not isinstance(value, bool), f"`{name}`={value!r} must be a number")
-        check(self.halt_gamma > 0, f"`halt_gamma`={self.halt_gamma} must be > 0")
-        check(0 < self.halt_target <= 1,
-              f"`halt_target`={self.halt_target} must be in (0, 1] (a fraction of depth)")
-        check(self.halt_ponder is None or self.halt_ponder >= 0,
-              f"`halt_ponder`={self.halt_ponder} must be None or >= 0")
-        check(self.halt_prior >= 0, f"`halt_prior`={self.halt_prior} must be >= 0")
-        check(0 < self.halt_eps < 1, f"`halt_eps`={self.halt_eps} must be in (0, 1)")
-
     def halting_params(self) -> HaltingParams | None:
         """The model's halting settings, or None for a static model."""
-        if self.token_policy != "halting":
-            return None
-        return HaltingParams(gamma=self.halt_gamma, beta=self.halt_beta, eps=self.halt_eps)
+        return HaltingFields.halting_params(self) if self.token_policy == "halting" else None
 
     def _check_relations(self) -> None:
         check(self.img_size % self.patch_size == 0,
@@ -271,9 +248,7 @@ PRESETS: dict[str, ViTConfig] = {
 # Every width is a multiple of 12, so every head count divides every width; every patch size
 # divides 224, but 2 and 4 give too many tokens there (> MAX_TOKENS): they are for small
 # images, and a search at 224 must narrow patch_size. v_dim None means embed_dim // num_heads;
-# it is drawn only for attn="mhsa". The halt_* knobs are drawn only for token_policy="halting";
-# halt_beta goes above the paper's -30 (tuned to fine-tune DeiT) for short runs from scratch;
-# halt_eps, the inference-time threshold, stays trained: budget points move it afterwards.
+# it is drawn only for attn="mhsa". A token policy's own knobs are drawn only for it.
 DIMS: dict[str, Dim] = {
     "img_size": Fixed(224),
     "patch_size": Choice((2, 4, 7, 8, 14, 16)),
@@ -285,15 +260,14 @@ DIMS: dict[str, Dim] = {
     "mlp_ratio": Choice((2.0, 3.0, 4.0)),
     "attn": Choice(("mhsa", "cga")),
     "sandwich": Choice((0, 1)),
-    "token_policy": Choice(("static", "halting")),
-    "halt_gamma": Choice((5.0, 10.0)),
-    "halt_beta": Choice((-30.0, -15.0, -5.0)),
-    "halt_target": Choice((0.33, 0.5, 0.67, 0.83)),
-    "halt_ponder": Choice((None, 2e-3, 1e-2)),
-    "halt_prior": Choice((0.0, 1e-3, 1e-2)),
-    "halt_eps": Fixed(0.01),
+    "token_policy": Choice(TOKEN_POLICIES),
+    **halting.DIMS,
 }
-HALT_KNOBS = ("halt_gamma", "halt_beta", "halt_target", "halt_ponder", "halt_prior", "halt_eps")
+# what trained weights fix (warm start): every knob but the token policy and its own knobs
+ARCHITECTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "qk_dim", "v_dim",
+                "mlp_ratio", "attn", "sandwich")
+POLICY_SUGGEST = {"halting": halting.suggest}
+HALT_KNOBS = tuple(halting.DIMS)  # the halting policy's own knobs
 
 
 def check_dims(dims: Mapping[str, Dim]) -> None:
@@ -345,12 +319,11 @@ def _check_tokens(dims: Mapping[str, Dim]) -> None:
 
 # --------------------------------------------------------------------------- suggest, build
 def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> ViTConfig:
-    """Draw one config. Conditional knobs: ``v_dim`` is drawn only when attn is "mhsa", the
-    ``halt_*`` knobs only when token_policy is "halting"."""
+    """Draw one config. Conditional knobs: ``v_dim`` is drawn only when attn is "mhsa", a
+    token policy's own knobs (e.g. ``halt_*``) only for that policy."""
     attn = dims["attn"].suggest(trial, "attn")
     policy = dims["token_policy"].suggest(trial, "token_policy")
-    halting = {name: dims[name].suggest(trial, name) for name in HALT_KNOBS
-               } if policy == "halting" else {}
+    own = POLICY_SUGGEST[policy](trial, dims) if policy in POLICY_SUGGEST else {}
     return ViTConfig(
         img_size=dims["img_size"].suggest(trial, "img_size"),
         patch_size=dims["patch_size"].suggest(trial, "patch_size"),
@@ -363,15 +336,21 @@ def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> ViTConfig:
         attn=attn,
         sandwich=dims["sandwich"].suggest(trial, "sandwich"),
         token_policy=policy,
-        **halting,
+        **own,
     )
 
 
 def params(config: ViTConfig) -> dict[str, Any]:
     """Every knob's value in ``config`` (each field is the knob of its name): the inverse of
-    :func:`suggest`, which draws ``v_dim`` and the ``halt_*`` knobs only under their
-    conditions (the registry keeps the knobs a draw asks for)."""
+    :func:`suggest`, which draws ``v_dim`` and a policy's knobs only under their conditions
+    (the registry keeps the knobs a draw asks for)."""
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def adaptive(config: ViTConfig) -> Adaptive | None:
+    """The adaptive side of ``config`` (its token policy's), or None for a static one."""
+    policy = POLICIES[config.token_policy]
+    return None if policy is None else policy(config)
 
 
 def build(config: ViTConfig, *, num_classes: int, in_chans: int = 3) -> VisionTransformer:
@@ -395,6 +374,10 @@ register(SearchSpace(
     build_fn=build,
     check_fn=check_dims,
     params_fn=params,
+    adaptive_fn=adaptive,
+    budget_knobs=halting.BUDGET_KNOBS,
+    architecture=ARCHITECTURE,
+    weights_architecture_fn=architecture_of_weights,
     description="Isotropic ViT/DeiT (class token, learned positions) with per-head Q/K and V "
                 "widths, MHSA or cascaded group attention, and sandwich FFN blocks.",
 ))

@@ -36,3 +36,51 @@ def test_no_pickle_or_unsafe_loading():
         for path in (ROOT / pkg).rglob("*.py"):
             text = path.read_text()
             assert not re.search(r"^\s*import pickle|yaml\.load\(|torch\.load\(", text, re.M), path
+
+
+def _adaptive_words() -> set[str]:
+    """What generic code must never name: every registered family's budget knobs, its
+    adaptive (non-architecture) dimensions, their string choices (policies) and the aux keys
+    of its adaptive models' outputs, in training and in evaluation."""
+    import torch
+
+    import search_spaces
+    from search_spaces.output import ModelOutput
+
+    words: set[str] = set()
+    for name in search_spaces.names():
+        space = search_spaces.get(name)
+        if space.adaptive_fn is None:
+            continue
+        words |= set(space.budget_knobs)
+        arch = set(space.architecture or space.dims) | {"img_size"}
+        for dim_name, dim in space.dims.items():
+            if dim_name in arch:
+                continue
+            words.add(dim_name)
+            words |= {v for v in dim.values() if isinstance(v, str) and v != "static"}
+    vit = search_spaces.get("vit")  # aux keys: one small model of each token policy
+    for policy in vit.dims["token_policy"].values():
+        config = vit.config_cls(img_size=16, patch_size=4, embed_dim=48, depth=2,
+                                num_heads=2, token_policy=policy)
+        model = vit.build(config, num_classes=3, in_chans=1)
+        for mode in (True, False):
+            out = model.train(mode)(torch.randn(2, 1, 16, 16))
+            if isinstance(out, ModelOutput):
+                words |= set(out.aux)
+    return words
+
+
+def test_generic_code_never_names_an_adaptive_family():
+    """nas/ and trainers/ ask the space (search_spaces/adaptive.py); only the pure loss
+    functions of trainers/losses.py may name what they compute."""
+    words = _adaptive_words()
+    assert {"halt_eps", "token_policy", "halting", "tokens_per_block", "rho"} <= words
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(words))) + r")\b", re.I)
+    for pkg in ("nas", "trainers"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            if path == ROOT / "trainers" / "losses.py":
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
+                found = pattern.search(line)
+                assert not found, f"{path.relative_to(ROOT)}:{number} names {found.group(0)!r}"

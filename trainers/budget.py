@@ -1,31 +1,23 @@
 """Budget points: one trained adaptive model, many (accuracy, cost) operating points.
 
-A halting ViT's threshold knob ``halt_eps`` can move at inference without retraining: a
-larger eps halts tokens sooner. :func:`budget_points` evaluates a model at K values of the
-knob on the validation split and returns, per point, the accuracy, the MACs the removal path
-really executed per image (averaged over the split) and, when asked, the latency of that path
-measured on real validation images.
-
-MACs of a data-dependent run come from a token cost model (:class:`TokenCost`): fvcore
-counts the model run in full once, and each block at 1 and 2 tokens, which fixes the block's
-cost as ``a * n + b * n**2`` for n tokens (linear layers per token, attention per token pair;
-the tests check the fit against fvcore at other token counts). An image's cost is then
-``fixed + sum over blocks of a * n_l + b * n_l**2`` with n_l the tokens it ran through block
-l; for a static model this is exactly fvcore's count of the full model. The count is per image
-and independent of the batch: padding that a batched removal path runs beside shorter images
-is not counted (it shows in the measured latency instead).
+An adaptive config's budget knobs (search_spaces/adaptive.py) move at inference without
+retraining. :func:`budget_points` evaluates a trained model at each of its operating points
+on the validation split and returns, per point, its knob values, the accuracy, the MACs it
+really executed per image (the family's cost model over the run's aux, averaged over the
+split), the family's usage figures and, when asked, the latency of that point's model
+measured on real validation images. Nothing here knows which family it evaluates.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 import search_spaces
+from search_spaces.adaptive import CostModel
 from search_spaces.config import Config
 from search_spaces.output import ModelOutput
 
@@ -33,127 +25,87 @@ from .data import Data
 from .loop import evaluate
 from .measure import Latency, count_macs
 
-KNOB = "halt_eps"
-MAX_EPS = 0.95  # the far end of the default threshold ladder (tokens halt almost at once)
+Measure = Callable[[nn.Module], Latency]
 
 
-def default_knobs(start: float, points: int, *, stop: float = MAX_EPS) -> tuple[float, ...]:
-    """``points`` thresholds from the trained ``start`` (point 0) evenly up to ``stop``."""
-    if points < 1:
-        raise ValueError(f"points={points} must be >= 1")
-    if points == 1:
-        return (start,)
-    step = (stop - start) / (points - 1)
-    return tuple(round(start + i * step, 6) for i in range(points))
+def cost_model(space: str, config: Config, model: nn.Module,
+               input_shape: Sequence[int]) -> CostModel:
+    """The adaptive ``config``'s cost model of ``model``, counted with fvcore."""
+    adaptive = search_spaces.get(space).adaptive(config)
+    if adaptive is None:
+        raise ValueError(f"{type(config).__name__} is static: it has no budget points")
+    return adaptive.cost_model(model, input_shape, count_macs)
 
 
-class _FullRun(nn.Module):
-    """A ViT run statically (every token through every block), for counting its full cost."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_full(x)
+def full_macs(space: str, config: Config, model: nn.Module, input_shape: Sequence[int]) -> float:
+    """MACs per image with nothing skipped: fvcore's count of a static model, the cost
+    model's full count of an adaptive one (whose traced path depends on its input)."""
+    if search_spaces.get(space).adaptive(config) is None:
+        return count_macs(model, input_shape)
+    return cost_model(space, config, model, input_shape).full()
 
 
-@dataclasses.dataclass(frozen=True)
-class TokenCost:
-    """MACs of an isotropic ViT as a function of the tokens each block runs."""
-
-    fixed: float  # patch embedding, final norm and head
-    linear: tuple[float, ...]  # a_l per block
-    quadratic: tuple[float, ...]  # b_l per block
-    tokens: int  # tokens of the full model (class token included)
-
-    @classmethod
-    def of(cls, model: nn.Module, input_shape: Sequence[int]) -> TokenCost:
-        """Count with fvcore: the model in full, and each block at 1 and 2 tokens."""
-        was_training = model.training
-        try:  # the wrapper's mode is restored onto the model: keep the model's own
-            full = count_macs(_FullRun(model).train(was_training), input_shape)
-        finally:
-            model.train(was_training)
-        dim = model.cls_token.shape[-1]
-        tokens = model.pos_embed.shape[1]
-        linear, quadratic = [], []
-        for block in model.blocks:
-            one, two = count_macs(block, (1, dim)), count_macs(block, (2, dim))
-            b = (two - 2 * one) / 2
-            linear.append(one - b)
-            quadratic.append(b)
-        blocks = sum(a * tokens + b * tokens**2 for a, b in zip(linear, quadratic, strict=True))
-        return cls(fixed=full - blocks, linear=tuple(linear), quadratic=tuple(quadratic),
-                   tokens=tokens)
-
-    def full(self) -> float:
-        """MACs per image with every token through every block."""
-        n = torch.full((1, len(self.linear)), self.tokens)
-        return float(self.per_image(n)[0])
-
-    def per_image(self, tokens_per_block: torch.Tensor) -> torch.Tensor:
-        """MACs per image (B,) from the tokens each image ran through each block (B, L)."""
-        n = tokens_per_block.double()
-        a = torch.tensor(self.linear, dtype=torch.float64, device=n.device)
-        b = torch.tensor(self.quadratic, dtype=torch.float64, device=n.device)
-        return self.fixed + (n * a + n * n * b).sum(dim=1)
-
-
-def at_knob(space: str, config: Config, model: nn.Module, value: float, *, num_classes: int,
-            in_chans: int) -> nn.Module:
-    """The same trained weights built with the knob at ``value`` (eval mode, same device)."""
+def at_knobs(space: str, config: Config, model: nn.Module, knobs: Mapping[str, Any], *,
+             num_classes: int, in_chans: int) -> nn.Module:
+    """The same trained weights built with the budget knobs at ``knobs`` (eval mode, same
+    device as ``model``)."""
     fam = search_spaces.get(space)
-    net = fam.build(config.replace(**{KNOB: value}), num_classes=num_classes, in_chans=in_chans)
+    adaptive = fam.adaptive(config)
+    if adaptive is None:
+        raise ValueError(f"{type(config).__name__} is static: it has no budget knobs")
+    net = fam.build(adaptive.with_knobs(knobs), num_classes=num_classes, in_chans=in_chans)
     net.load_state_dict(model.state_dict())
     device = next(model.parameters()).device
     return net.to(device).eval()
 
 
-def evaluate_point(net: nn.Module, data: Data, cost: TokenCost, *,
+def evaluate_point(net: nn.Module, data: Data, cost: CostModel, *,
                    batch_size: int) -> dict[str, float]:
-    """Validation accuracy and loss, and the MACs and token share executed per image."""
-    counts: list[torch.Tensor] = []
+    """Validation accuracy and loss, MACs executed per image and the family's usage
+    figures (each averaged over the validation images)."""
+    macs: list[torch.Tensor] = []
+    usage: dict[str, list[torch.Tensor]] = {}
 
     def collect(output: torch.Tensor | ModelOutput) -> None:
-        if isinstance(output, ModelOutput) and "tokens_per_block" in output.aux:
-            counts.append(output.aux["tokens_per_block"].cpu())
+        if isinstance(output, ModelOutput):
+            macs.append(cost.per_image(output.aux).cpu())
+            for name, values in cost.usage(output.aux).items():
+                usage.setdefault(name, []).append(values.double().cpu())
 
     val = evaluate(net, data.val_batches(batch_size), on_output=collect)
-    if counts:
-        tokens = torch.cat(counts)
-        macs = float(cost.per_image(tokens).mean())
-        kept = float(tokens.double().sum(1).mean() / (cost.tokens * len(cost.linear)))
-    else:
-        macs, kept = cost.full(), 1.0
-    return {"accuracy": val["accuracy"], "val_loss": val["loss"], "macs": macs,
-            "tokens_kept": kept}
-
-
-Measure = Callable[[nn.Module], Latency]
+    point = {"accuracy": val["accuracy"], "val_loss": val["loss"]}
+    point["macs"] = float(torch.cat(macs).mean()) if macs else cost.full()
+    point.update({name: float(torch.cat(v).mean()) for name, v in usage.items()})
+    return point
 
 
 def budget_points(space: str, config: Config, model: nn.Module, data: Data, *,
-                  knobs: Sequence[float], batch_size: int = 256,
+                  points: int | None = None, knobs: Sequence[Mapping[str, Any]] | None = None,
+                  limits: Mapping[str, float] | None = None, batch_size: int = 256,
                   measure: Measure | None = None,
-                  cost: TokenCost | None = None) -> list[dict[str, Any]]:
-    """Evaluate ``model`` at each knob value: one dict per point (``point`` = its index).
+                  cost: CostModel | None = None) -> list[dict[str, Any]]:
+    """Evaluate ``model`` at its operating points: one dict per point (``point`` = its
+    index, ``knobs`` = its knob values).
 
-    ``measure(net)`` times each point's model (None: no latency); time it on real images
-    (``measure_latency(..., inputs=...)``), as halting depends on the data. ``cost``: the
-    model's :class:`TokenCost` if already counted.
+    The points are ``knobs`` if given, else the family's ``points`` operating points
+    (``limits``: the far end of each knob's ladder). ``measure(net)`` times each point's
+    model (None: no latency); time it on real images, as the cost depends on the data.
+    ``cost``: the model's cost model if already counted.
     """
-    shape = (data.in_chans, data.img_size, data.img_size)
-    cost = cost or TokenCost.of(model, shape)
-    points = []
-    for index, value in enumerate(knobs):
-        net = at_knob(space, config, model, value, num_classes=data.num_classes,
-                      in_chans=data.in_chans)
-        row: dict[str, Any] = {"point": index, KNOB: value, "full_macs": cost.full(),
+    fam = search_spaces.get(space)
+    adaptive = fam.adaptive(config)
+    if adaptive is None:
+        raise ValueError(f"{type(config).__name__} is static: it has no budget points")
+    if knobs is None:
+        knobs = adaptive.operating_points(points or 1, limits or {})
+    cost = cost or cost_model(space, config, model, data.input_shape)
+    rows = []
+    for index, values in enumerate(knobs):
+        net = at_knobs(space, config, model, values, num_classes=data.num_classes,
+                       in_chans=data.in_chans)
+        row: dict[str, Any] = {"point": index, "knobs": dict(values), "full_macs": cost.full(),
                                **evaluate_point(net, data, cost, batch_size=batch_size)}
         if measure is not None:
-            latency = measure(net)
-            row.update(latency_ms=latency.median_ms, latency_p90_ms=latency.p90_ms,
-                       latency_spread=latency.spread)
-        points.append(row)
-    return points
+            row.update(measure(net).metrics())
+        rows.append(row)
+    return rows

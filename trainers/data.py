@@ -62,17 +62,21 @@ class DataSettings(Config):
 
     def __post_init__(self) -> None:
         known = self.name in NAMES[:3] or (self.name.startswith("folder:") and self.name[7:])
-        check(bool(known), f"`name` must be one of {list(NAMES)}, got name={self.name!r}")
+        check(bool(known), f"`name` must be one of {list(NAMES)}, got name={self.name!r}",
+              field="name")
         for field in ("img_size", "train_size", "val_size", "test_size", "in_chans"):
             value = getattr(self, field)
-            check(value is None or value >= 1, f"`{field}` must be >= 1, got {field}={value}")
+            check(value is None or value >= 1, f"`{field}` must be >= 1, got {field}={value}",
+                  field=field)
         for field, low in (("seed", 0), ("num_workers", 0), ("num_classes", 2)):
             value = getattr(self, field)
-            check(value is None or value >= low, f"`{field}` must be >= {low}, got {value}")
+            check(value is None or value >= low, f"`{field}` must be >= {low}, got {value}",
+                  field=field)
         for field in ("in_chans", "num_classes"):
             check(
                 getattr(self, field) is None or self.name == "synthetic",
                 f"`{field}` is only configurable for name='synthetic', got name={self.name!r}",
+                field=field,
             )
 
 
@@ -100,6 +104,11 @@ class Data:
     train: Split
     val: Split
     test: Split | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One sample's shape (C, H, W), as the models and the MACs counter take it."""
+        return (self.in_chans, self.img_size, self.img_size)
 
     def train_steps(self, batch_size: int) -> int:
         """Optimizer steps per epoch: an incomplete last batch is dropped unless it is alone."""

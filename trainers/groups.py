@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from search_spaces.efficientvit import EfficientViT
-from search_spaces.layers.attention import CascadedGroupAttention as TokenCGA
 from search_spaces.layers.attention import MultiHeadAttention
+from search_spaces.layers.attention import TokenCascadedGroupAttention as TokenCGA
 from search_spaces.layers.cga import CascadedGroupAttention as WindowCGA
 from search_spaces.layers.conv import ConvFFN
 from search_spaces.layers.mlp import Mlp

@@ -73,33 +73,43 @@ class FitSettings(Config):
     def __post_init__(self) -> None:
         for field in ("epochs", "batch_size"):
             value = getattr(self, field)
-            check(value >= 1, f"`{field}` must be >= 1, got {field}={value}")
-        check(self.lr > 0, f"`lr` must be > 0, got lr={self.lr}")
+            check(value >= 1, f"`{field}` must be >= 1, got {field}={value}", field=field)
+        check(self.lr > 0, f"`lr` must be > 0, got lr={self.lr}", field="lr")
         check(
             0 <= self.min_lr <= self.lr,
             f"`min_lr` must be in [0, lr={self.lr}], got min_lr={self.min_lr}",
+            field="min_lr",
         )
         for field in ("weight_decay", "warmup_epochs", "seed"):
             value = getattr(self, field)
-            check(value >= 0, f"`{field}` must be >= 0, got {field}={value}")
+            check(value >= 0, f"`{field}` must be >= 0, got {field}={value}", field=field)
         check(
             0 <= self.label_smoothing < 1,
             f"`label_smoothing` must be in [0, 1), got label_smoothing={self.label_smoothing}",
+            field="label_smoothing",
         )
         check(
             self.clip_grad is None or self.clip_grad > 0,
             f"`clip_grad` must be None or > 0, got clip_grad={self.clip_grad}",
+            field="clip_grad",
         )
         check(
             self.warmup_epochs < self.epochs,
             f"`warmup_epochs` must be < epochs={self.epochs}, got "
             f"warmup_epochs={self.warmup_epochs}",
+            field="warmup_epochs",
         )
-        check(self.amp in AMP_MODES, f"`amp` must be one of {AMP_MODES}, got amp={self.amp!r}")
+        check(self.amp in AMP_MODES, f"`amp` must be one of {AMP_MODES}, got amp={self.amp!r}",
+              field="amp")
         check(
             self.eval_batch_size is None or self.eval_batch_size >= 1,
             f"`eval_batch_size` must be None or >= 1, got eval_batch_size={self.eval_batch_size}",
+            field="eval_batch_size",
         )
+
+    def eval_batch(self) -> int:
+        """The evaluation batch size: ``eval_batch_size``, or 2 x ``batch_size``."""
+        return self.eval_batch_size or 2 * self.batch_size
 
     def amp_dtype(self) -> torch.dtype | None:
         """The autocast dtype, or None for plain fp32."""
@@ -198,8 +208,7 @@ def _run_epoch(
         start_step=epoch * data.train_steps(settings.batch_size), epoch=epoch + 1,
         loss_fn=loss_fn, clip_grad=settings.clip_grad, amp_dtype=settings.amp_dtype(),
     )  # fmt: skip
-    eval_batch_size = settings.eval_batch_size or 2 * settings.batch_size
-    val = evaluate(model, data.val_batches(eval_batch_size), amp_dtype=settings.amp_dtype())
+    val = evaluate(model, data.val_batches(settings.eval_batch()), amp_dtype=settings.amp_dtype())
     return {
         "epoch": epoch + 1,
         "train_loss": train_loss,

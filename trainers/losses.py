@@ -1,5 +1,9 @@
 """Loss functions: pure functions of tensors, and the training objective of each candidate.
 
+An adaptive family declares its auxiliary terms as :class:`~search_spaces.adaptive.LossTerm`
+(the name of a function of :data:`TERMS`, the aux tensors it reads, its weight);
+:func:`objective_for` adds them to the cross-entropy without knowing the family.
+
 A-ViT (PAPERS.md section 2; Yin et al. CVPR 2022) trains with
 ``task + alpha_p * mean(rho) + alpha_d * KL(target || halting distribution)``: the ponder
 loss pushes tokens to halt early, the distribution prior shapes where they halt (a Gaussian
@@ -10,16 +14,17 @@ the class token; here the batch mean is taken over every image and token.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+import search_spaces
+from search_spaces.adaptive import Adaptive, LossTerm
+from search_spaces.config import Config
 from search_spaces.output import ModelOutput
 
 LossFn = Callable[[torch.Tensor | ModelOutput, torch.Tensor], torch.Tensor]
-PONDER_AT_12 = 5e-4  # A-ViT's README alpha_p, for 12 blocks
 LOG_FLOOR = 1e-8  # the halting distribution is floored here before its log
 
 
@@ -48,38 +53,60 @@ def halting_prior_loss(distribution: torch.Tensor, *, target: torch.Tensor,
     return weight * kl.sum()
 
 
-def ponder_weight(ponder: float | None, depth: int) -> float:
-    """alpha_p: as given, or (None) the paper's 5e-4 at 12 blocks scaled to ``depth``."""
-    return PONDER_AT_12 * 12 / depth if ponder is None else ponder
+def depth_prior_loss(distribution: torch.Tensor, *, mean: float, std: float = 1.0,
+                     weight: float) -> torch.Tensor:
+    """:func:`halting_prior_loss` against a Gaussian over the L blocks of ``distribution``
+    (B, L) centred on block ``mean`` (:func:`gaussian_depth_prior`)."""
+    target = gaussian_depth_prior(distribution.shape[1], mean=mean, std=std)
+    return halting_prior_loss(distribution, target=target, weight=weight)
 
 
-def halting_objective(*, depth: int, target_fraction: float, ponder: float | None,
-                      prior: float, label_smoothing: float = 0.0) -> LossFn:
-    """A-ViT's training loss for a halting model's ``ModelOutput`` (reads aux ``rho`` and
-    ``halt_distribution``); the target depth is ``target_fraction * depth`` blocks."""
-    target = gaussian_depth_prior(depth, mean=target_fraction * depth)
-    alpha_p = ponder_weight(ponder, depth)
+# Loss terms by name: what a family's LossTerm.kind names (search_spaces/adaptive.py).
+TermFn = Callable[..., torch.Tensor]
+TERMS: dict[str, TermFn] = {"ponder": ponder_loss, "depth_prior": depth_prior_loss}
+
+
+def register_term(kind: str, fn: TermFn) -> None:
+    """Make ``fn(*inputs, weight=..., **options)`` available to LossTerms as ``kind`` (for
+    families that live outside this package)."""
+    if kind in TERMS and TERMS[kind] is not fn:
+        raise ValueError(f"loss term {kind!r} is registered already")
+    TERMS[kind] = fn
+
+
+def term_loss(term: LossTerm, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
+    """One auxiliary term of a family's loss: ``TERMS[term.kind]`` on the aux tensors (or
+    the labels) that the term names."""
+    if term.kind not in TERMS:
+        raise KeyError(f"loss term {term.kind!r} is not known; known: {sorted(TERMS)}")
+    inputs = [labels if name == "labels" else output.aux[name] for name in term.inputs]
+    return TERMS[term.kind](*inputs, weight=term.weight, **dict(term.options))
+
+
+def adaptive_objective(terms: Sequence[LossTerm], *, label_smoothing: float = 0.0) -> LossFn:
+    """Cross-entropy on the logits plus each term of ``terms`` (a ModelOutput's aux)."""
+    terms = tuple(terms)
 
     def loss(output: torch.Tensor | ModelOutput, labels: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, ModelOutput):
-            raise TypeError("the halting objective needs the model's ModelOutput")
-        task = F.cross_entropy(output.logits.float(), labels, label_smoothing=label_smoothing)
-        return (task + ponder_loss(output.aux["rho"].float(), weight=alpha_p)
-                + halting_prior_loss(output.aux["halt_distribution"], target=target,
-                                     weight=prior))
+            raise TypeError("an adaptive objective needs the model's ModelOutput")
+        total = F.cross_entropy(output.logits.float(), labels, label_smoothing=label_smoothing)
+        for term in terms:
+            total = total + term_loss(term, output, labels)
+        return total
 
     return loss
 
 
-def objective_for(config: Any, *, label_smoothing: float = 0.0) -> LossFn | None:
-    """The training loss a candidate needs beyond plain cross-entropy, or None.
-
-    Halting ``vit`` candidates get :func:`halting_objective` from their config's ``halt_*``
-    fields; every other candidate trains on label-smoothed cross-entropy (None).
-    """
-    if getattr(config, "token_policy", "static") != "halting":
+def objective_for(candidate: Config | Adaptive | None, *,
+                  label_smoothing: float = 0.0) -> LossFn | None:
+    """The training loss a candidate needs beyond plain cross-entropy, or None: an adaptive
+    candidate's loss terms (given its config, whose space says its :class:`Adaptive`, or
+    that Adaptive itself); None for a static one (it trains on label-smoothed
+    cross-entropy)."""
+    adaptive = candidate
+    if isinstance(candidate, Config) and getattr(candidate, "KIND", None) in search_spaces.names():
+        adaptive = search_spaces.get(candidate.KIND).adaptive(candidate)
+    if not isinstance(adaptive, Adaptive):
         return None
-    return halting_objective(depth=config.depth, target_fraction=config.halt_target,
-                             ponder=config.halt_ponder, prior=config.halt_prior,
-                             label_smoothing=label_smoothing)
-
+    return adaptive_objective(adaptive.loss_terms(), label_smoothing=label_smoothing)

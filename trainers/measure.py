@@ -86,6 +86,13 @@ class Latency:
     def images_per_s(self) -> float:
         return self.batch_size * 1000.0 / self.median_ms
 
+    def metrics(self) -> dict[str, Any]:
+        """The keys a results row keeps: latency_ms (median), latency_p90_ms,
+        latency_spread and the provenance as prov_*."""
+        return {"latency_ms": self.median_ms, "latency_p90_ms": self.p90_ms,
+                "latency_spread": self.spread,
+                **{f"prov_{k}": v for k, v in self.provenance.items()}}
+
     def to_dict(self) -> dict[str, Any]:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return {**fields, "images_per_s": self.images_per_s, "provenance": dict(self.provenance)}
@@ -107,7 +114,7 @@ def measure_latency(
     """Latency of a forward pass on a batch of ``batch_size`` samples of ``input_shape``.
 
     The batch is seeded random data, or the first ``batch_size`` rows of ``inputs`` (real
-    images: a data-dependent model, such as a halting one, must be timed on real data).
+    images: a data-dependent (adaptive) model must be timed on real data).
 
     Measures a copy moved to ``device``/``dtype`` in eval mode under inference_mode, so the
     caller's model keeps its device, dtype and mode. ``warmup`` untimed calls, then ``rounds``

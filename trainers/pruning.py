@@ -32,7 +32,7 @@ dropped structures zeroed. Attention scales by 1/sqrt(qk width), which shrinks w
 width, so the kept query rows (EfficientViT: the query's depthwise BN, whose affine output is
 linear in its weight and bias) are multiplied by sqrt(new / old) to keep the logits q.k/sqrt(d)
 of the kept channels. A dropped block of these residual networks is the identity (for an
-A-ViT halting model, whose last block forces halting, depth pruning is not exactly masking).
+model that stops tokens early at a forced last block, depth pruning is not exactly masking).
 
 Not pruned: the residual-stream width (embed dims, depthwise convs, norms) and PatchMerging's
 fixed 4x hidden width, which no config field expresses.
@@ -53,17 +53,17 @@ from torch import nn
 import search_spaces
 from search_spaces.config import Config
 from search_spaces.efficientvit import EfficientViTConfig, ffn_hidden
-from search_spaces.layers.attention import CascadedGroupAttention as TokenCGA
 from search_spaces.layers.attention import MultiHeadAttention
+from search_spaces.layers.attention import TokenCascadedGroupAttention as TokenCGA
 from search_spaces.layers.cga import CascadedGroupAttention as WindowCGA
 from search_spaces.output import ModelOutput
 from search_spaces.vit import ViTConfig
 
+from .budget import full_macs
 from .data import Data
 from .groups import Groups, component, group_layout
 from .importance import COMPONENTS
 from .loop import FitResult, FitSettings, fit
-from .measure import count_macs
 
 _NOT_PRUNABLE = {
     "heads": "cascaded group attention reads one input chunk per head",
@@ -311,19 +311,21 @@ def _structure(config: Config) -> str:
     return f"{config.KIND}:{json.dumps(data, sort_keys=True)}"
 
 
+class TargetTooSmall(ValueError):
+    """A MACs target below what pruning every group to one channel leaves."""
+
+
 def macs_of(config: Config, *, input_shape: Sequence[int], num_classes: int) -> int:
-    """MACs of one sample (``count_macs``) of a freshly built model of ``config``; cached per
-    structure, as tracing costs ~0.1-1 s. A halting ViT counts in full (every token through
-    every block): what it runs depends on its data, and the full cost bounds it."""
-    if getattr(config, "token_policy", "static") == "halting":
-        config = config.replace(token_policy="static")
+    """MACs of one sample of a freshly built model of ``config``; cached per structure, as
+    tracing costs ~0.1-1 s. An adaptive config counts in full (nothing skipped: what it runs
+    depends on its data, and the full cost bounds it)."""
     key = (_structure(config), tuple(input_shape), num_classes)
     if key not in _MACS:
         model = search_spaces.get(config.KIND).build(config, num_classes=num_classes,
                                                      in_chans=input_shape[0])
         if len(_MACS) >= 1024:
             _MACS.clear()
-        _MACS[key] = count_macs(model, input_shape)
+        _MACS[key] = round(full_macs(config.KIND, config, model, input_shape))
     return _MACS[key]
 
 
@@ -350,7 +352,7 @@ def prune_to_macs(config: Config, model: nn.Module, scores: Mapping[str, torch.T
     elif not fits(lo):
         smallest = macs_of(pruned_config(config, {c: lo for c in comps}),
                            input_shape=input_shape, num_classes=num_classes)
-        raise ValueError(f"target of {target:.0f} MACs is below the {smallest} MACs left "
+        raise TargetTooSmall(f"target of {target:.0f} MACs is below the {smallest} MACs left "
                          f"when pruning {comps} to one channel each")
     for _ in range(steps if lo < hi else 0):
         mid = (lo + hi) / 2

@@ -68,7 +68,7 @@ class MultiHeadAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, h * v))
 
 
-class CascadedGroupAttention(nn.Module):
+class TokenCascadedGroupAttention(nn.Module):
     """Cascaded group attention on tokens (see the module docstring); needs heads | dim."""
 
     def __init__(self, dim: int, num_heads: int, *, qk_dim: int | None = None) -> None:
@@ -106,5 +106,5 @@ def build_attention(kind: str, dim: int, num_heads: int, *, qk_dim: int | None =
         if v_dim is not None and v_dim != dim // num_heads:
             raise ValueError(f"cga: v_dim={v_dim} must be None or dim // num_heads "
                              f"= {dim // num_heads} (the cascade adds outputs to inputs)")
-        return CascadedGroupAttention(dim, num_heads, qk_dim=qk_dim)
+        return TokenCascadedGroupAttention(dim, num_heads, qk_dim=qk_dim)
     raise ValueError(f"attention kind {kind!r} is not known; allowed: {ATTENTION_KINDS}")

@@ -11,8 +11,11 @@ import pytest
 
 import nas
 from nas.results import load_results
-from trainers.budget import TokenCost, evaluate_point
+from search_spaces.halting import HaltingCost
+from search_spaces.token_cost import TokenCost
+from trainers.budget import evaluate_point
 from trainers.data import load_data
+from trainers.measure import count_macs
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +55,8 @@ def test_halting_trials_give_a_row_per_budget_point(halting_study):
             continue
         assert list(rows["point"]) == list(range(POINTS))
         assert rows["halt_eps"].tolist() == pytest.approx([0.01, 0.48, 0.95])
+        assert [json.loads(k) for k in rows["knobs"]] == [  # the knob column = its JSON
+            {"halt_eps": v} for v in rows["halt_eps"]]
         assert (rows["macs"] <= rows["full_macs"] + 1e-6).all()
         assert rows["tokens_kept"].between(0, 1).all() and (rows["latency_ms"] > 0).all()
         assert (rows["prov_input"] == "data").all()  # timed on real images
@@ -95,7 +100,8 @@ def test_export_of_a_budget_point_reloads_with_its_behaviour(halting_study, run_
     assert config["source"]["point"] == POINTS - 1
     model = nas.load_exported(out)  # verifies the probe logits
     data = load_data("fashion-mnist", train_size=300, val_size=100, seed=0)
-    again = evaluate_point(model, data, TokenCost.of(model, (1, 28, 28)), batch_size=100)
+    cost = HaltingCost(TokenCost.of(model, (1, 28, 28), count_macs))
+    again = evaluate_point(model, data, cost, batch_size=100)
     assert again["accuracy"] == pytest.approx(row["accuracy"])
     assert again["macs"] == pytest.approx(row["macs"])  # same cost: same tokens run
     bad = run_nas("export", str(study), "--trial", str(trial), "--point", str(POINTS),

@@ -89,7 +89,10 @@ BAD = [
     ("space.extra", 1, "space.extra"),
     ("budget.points", 0, "budget.points"),
     ("budget.points", 2.5, "budget.points"),
-    ("budget.max_eps", 1.0, "budget.max_eps"),
+    ("budget.max_eps", 0.5, "budget.max_eps"),
+    ("budget.limits", [0.5], "budget.limits"),
+    ("init.weights", 3, "init.weights"),
+    ("init.fresh", "head.*", "init.fresh"),
     ("budget.thresholds", [0.1], "budget.thresholds"),
     ("importance.batches", -1, "importance.batches"),
     ("pruning.keep", 0, "pruning.keep"),
@@ -171,7 +174,7 @@ def test_halting_knobs_are_dims_of_vit_and_checked():
                                             "halt_target": [0.5, 0.67]}}
     spec = specs.from_dict(raw)
     assert spec.space.dims["halt_target"].values() == (0.5, 0.67)
-    assert spec.budget.points == 5 and spec.budget.max_eps == 0.95
+    assert spec.budget.points == 5 and spec.budget.limits == {}
     raw["space"]["dims"]["halt_target"] = [0.4]  # not among the domain's choices
     with pytest.raises(SpecError, match="^space.dims.halt_target"):
         specs.from_dict(raw)
@@ -188,8 +191,15 @@ def test_importance_off_with_guidance_or_pruning_is_an_error(section, value):
 def test_budget_ladder_must_rise_above_the_trained_threshold():
     raw = base()
     raw["space"] = {"name": "vit", "dims": {"patch_size": 4, "token_policy": "halting"}}
-    raw["budget"] = {"max_eps": 0.01}  # the trained eps (halt_eps is fixed at 0.01)
-    with pytest.raises(SpecError, match=r"^budget.max_eps = 0.01: must be above .*0\.01"):
+    raw["budget"] = {"limits": {"halt_eps": 0.01}}  # the trained eps (fixed at 0.01)
+    with pytest.raises(SpecError, match=r"^budget.limits.halt_eps = 0.01: must lie beyond"):
         specs.from_dict(raw)
-    raw["budget"] = {"max_eps": 0.5}
-    assert specs.from_dict(raw).budget.max_eps == 0.5
+    raw["budget"] = {"limits": {"halt_eps": 1.0}}  # outside the knob's domain
+    with pytest.raises(SpecError, match=r"^budget.limits.halt_eps = 1.0: must be in \(0, 1\)"):
+        specs.from_dict(raw)
+    raw["budget"] = {"limits": {"gate_threshold": 0.5}}  # no such knob in vit
+    with pytest.raises(SpecError, match=r"^budget.limits.gate_threshold = 0.5: not a budget "
+                                        r"knob of space 'vit'; its knobs: \['halt_eps'\]"):
+        specs.from_dict(raw)
+    raw["budget"] = {"limits": {"halt_eps": 0.5}}
+    assert specs.from_dict(raw).budget.limits == {"halt_eps": 0.5}

@@ -24,7 +24,7 @@ NARROWED = {  # per family: narrowed dims as specs write them (fixed values, lis
 
 
 def narrowed(space: search_spaces.SearchSpace) -> dict:
-    given = NARROWED[space.name].items()
+    given = NARROWED.get(space.name, {}).items()  # other families: as registered
     return {"img_size": Fixed(28), **{k: narrow(k, space.dims[k], v) for k, v in given}}
 
 

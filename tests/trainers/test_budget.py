@@ -5,14 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from search_spaces.adaptive import ladder
+from search_spaces.halting import Halting, HaltingCost
+from search_spaces.token_cost import TokenCost
 from search_spaces.vit import ViTConfig, build
-from trainers.budget import (
-    TokenCost,
-    at_knob,
-    budget_points,
-    default_knobs,
-    evaluate_point,
-)
+from trainers.budget import at_knobs, budget_points, evaluate_point
 from trainers.data import load_data
 from trainers.loop import FitSettings, evaluate, fit
 from trainers.losses import objective_for
@@ -56,7 +53,7 @@ def trained(data):
 @pytest.mark.parametrize("policy", ["static", "halting"])
 def test_token_cost_agrees_with_fvcore(policy: str, attn: str, sandwich: int) -> None:
     config = tiny(token_policy=policy, attn=attn, sandwich=sandwich)
-    cost = TokenCost.of(model_of(config), SHAPE)
+    cost = TokenCost.of(model_of(config), SHAPE, count_macs)
     static = model_of(config.replace(token_policy="static"))
     assert cost.tokens == TOKENS and len(cost.linear) == len(cost.quadratic) == DEPTH
     assert cost.full() == pytest.approx(count_macs(static, SHAPE), abs=1e-6)
@@ -68,7 +65,7 @@ def test_token_cost_agrees_with_fvcore(policy: str, attn: str, sandwich: int) ->
 
 
 def test_token_cost_of_a_plain_block_by_hand() -> None:
-    cost = TokenCost.of(model_of(tiny(token_policy="static")), SHAPE)
+    cost = TokenCost.of(model_of(tiny(token_policy="static")), SHAPE, count_macs)
     # fixed: patch conv 48 -> 16 at 9 patches, final LayerNorm (5 per element, fvcore) and the
     # head 16 -> 5, both on the class token only
     assert cost.fixed == 48 * 16 * 9 + 5 * 16 + 16 * 5 == 7072
@@ -84,16 +81,17 @@ def test_token_cost_of_leaves_the_model_mode_unchanged(training: bool) -> None:
     # fresh _FullRun wrapper (in train mode): restoring the wrapper's mode switches an
     # eval-mode model to train mode, so a halting model then runs the masked path.
     model = model_of(tiny()).train(training)
-    TokenCost.of(model, SHAPE)
+    TokenCost.of(model, SHAPE, count_macs)
     assert model.training is training
     assert all(m.training is training for m in model.modules())
 
 
 def test_per_image_cost_of_hand_token_counts() -> None:
     model = model_of(tiny(attn="cga", sandwich=1))
-    cost = TokenCost.of(model, SHAPE)
+    cost = TokenCost.of(model, SHAPE, count_macs)
     counts = torch.tensor([[TOKENS] * DEPTH, [10, 5, 0, 0], [10, 7, 7, 2]])
-    got = cost.per_image(counts)
+    got = cost.tokens_cost(counts)
+    assert torch.equal(HaltingCost(cost).per_image({"tokens_per_block": counts}), got)
     assert got.shape == (3,) and got.dtype == torch.float64
     hand = [cost.fixed + sum(a * n + b * n * n for a, b, n in
                              zip(cost.linear, cost.quadratic, row, strict=True))
@@ -109,16 +107,21 @@ def test_per_image_cost_of_hand_token_counts() -> None:
 
 # ---------------------------------------------------------------------------------- knobs
 def test_default_knobs_ladder() -> None:
-    assert default_knobs(0.01, 5) == (0.01, 0.245, 0.48, 0.715, 0.95)
-    assert default_knobs(0.01, 1) == (0.01,)
-    assert default_knobs(0.1, 3, stop=0.5) == (0.1, 0.3, 0.5)
+    assert ladder(0.01, 0.95, 5) == (0.01, 0.245, 0.48, 0.715, 0.95)
+    assert ladder(0.01, 0.95, 1) == (0.01,)
+    assert ladder(0.1, 0.5, 3) == (0.1, 0.3, 0.5)
     with pytest.raises(ValueError, match="points=0"):
-        default_knobs(0.01, 0)
+        ladder(0.01, 0.95, 0)
+    halting = Halting(tiny())  # the family's ladder: trained eps up to 0.95 by default
+    assert halting.operating_points(5, {}) == [{"halt_eps": v} for v in
+                                               (0.01, 0.245, 0.48, 0.715, 0.95)]
+    assert halting.operating_points(3, {"halt_eps": 0.5}) == [
+        {"halt_eps": 0.01}, {"halt_eps": 0.255}, {"halt_eps": 0.5}]
 
 
 def test_at_knob_keeps_the_weights_and_changes_only_eps(trained) -> None:
     config, model = trained
-    net = at_knob("vit", config, model, 0.3, num_classes=5, in_chans=3)
+    net = at_knobs("vit", config, model, {"halt_eps": 0.3}, num_classes=5, in_chans=3)
     assert not net.training and net.halting.eps == 0.3 and model.halting.eps == 0.01
     for (name, a), b in zip(model.state_dict().items(), net.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -134,11 +137,11 @@ def test_budget_points_rows(data, trained) -> None:
         return measure_latency(net, input_shape=SHAPE, batch_size=4, warmup=1, repeats=2,
                                rounds=1, inputs=inputs)
 
-    rows = budget_points("vit", config, model, data, knobs=knobs, batch_size=16,
-                         measure=measure)
+    rows = budget_points("vit", config, model, data, knobs=[{"halt_eps": k} for k in knobs],
+                         batch_size=16, measure=measure)
     full = count_macs(model_of(config.replace(token_policy="static")), SHAPE)
     assert [r["point"] for r in rows] == [0, 1, 2]
-    assert [r["halt_eps"] for r in rows] == list(knobs)
+    assert [r["knobs"] for r in rows] == [{"halt_eps": k} for k in knobs]
     for row in rows:
         assert row["full_macs"] == pytest.approx(full, abs=1e-6)
         assert row["macs"] <= row["full_macs"]
@@ -150,7 +153,7 @@ def test_budget_points_rows(data, trained) -> None:
     kept = [r["tokens_kept"] for r in rows]
     assert kept[0] > kept[1] > kept[2] and rows[-1]["macs"] < 0.8 * rows[0]["macs"]
     for row, value in zip(rows, knobs, strict=True):  # each point is that knob's model
-        net = at_knob("vit", config, model, value, num_classes=5, in_chans=3)
+        net = at_knobs("vit", config, model, {"halt_eps": value}, num_classes=5, in_chans=3)
         val = evaluate(net, data.val_batches(16))
         assert row["accuracy"] == val["accuracy"]
         assert row["val_loss"] == pytest.approx(val["loss"], abs=1e-6)
@@ -159,25 +162,26 @@ def test_budget_points_rows(data, trained) -> None:
 
 def test_budget_points_without_measure_have_no_latency(data, trained) -> None:
     config, model = trained
-    (row,) = budget_points("vit", config, model, data, knobs=(0.5,), batch_size=64)
-    assert row["point"] == 0 and row["halt_eps"] == 0.5
+    half = [{"halt_eps": 0.5}]
+    (row,) = budget_points("vit", config, model, data, knobs=half, batch_size=64)
+    assert row["point"] == 0 and row["knobs"] == {"halt_eps": 0.5}
     assert "latency_ms" not in row
-    cost = TokenCost.of(model, SHAPE)  # a cost counted beforehand gives the same row
-    assert budget_points("vit", config, model, data, knobs=(0.5,), batch_size=64,
-                         cost=cost) == [row]
+    cost = TokenCost.of(model, SHAPE, count_macs)  # a cost counted beforehand: the same row
+    assert budget_points("vit", config, model, data, knobs=half, batch_size=64,
+                         cost=HaltingCost(cost)) == [row]
     halved = TokenCost(fixed=cost.fixed / 2, linear=cost.linear, quadratic=cost.quadratic,
                        tokens=cost.tokens)  # and it is the cost that is used
-    (other,) = budget_points("vit", config, model, data, knobs=(0.5,), batch_size=64,
-                             cost=halved)
+    (other,) = budget_points("vit", config, model, data, knobs=half, batch_size=64,
+                             cost=HaltingCost(halved))
     assert other["macs"] == pytest.approx(row["macs"] - cost.fixed / 2, abs=1e-6)
 
 
 def test_evaluate_point_of_a_static_model_is_the_full_cost(data) -> None:
     model = model_of(tiny(token_policy="static")).eval()
-    cost = TokenCost.of(model, SHAPE)
+    cost = HaltingCost(TokenCost.of(model, SHAPE, count_macs))
     point = evaluate_point(model, data, cost, batch_size=16)
     assert point["macs"] == cost.full() == pytest.approx(count_macs(model, SHAPE), abs=1e-6)
-    assert point["tokens_kept"] == 1.0
+    assert "tokens_kept" not in point  # a static model reports no usage
     val = evaluate(model, data.val_batches(16))
     assert point["accuracy"] == val["accuracy"]
 
@@ -185,9 +189,9 @@ def test_evaluate_point_of_a_static_model_is_the_full_cost(data) -> None:
 def test_evaluate_point_counts_the_tokens_really_run(data) -> None:
     # beta = 6: every class token halts after block 1 (h ~ 1), so only block 1 runs
     model = model_of(tiny(halt_beta=6.0)).eval()
-    cost = TokenCost.of(model, SHAPE)
+    cost = HaltingCost(TokenCost.of(model, SHAPE, count_macs))
     point = evaluate_point(model, data, cost, batch_size=16)
-    one_block = cost.fixed + count_macs(model.blocks[0], (TOKENS, DIM))
+    one_block = cost.tokens.fixed + count_macs(model.blocks[0], (TOKENS, DIM))
     assert point["macs"] == pytest.approx(one_block, abs=1e-6)
     assert point["tokens_kept"] == pytest.approx(1 / DEPTH, abs=1e-12)
     # beta = -30: nothing halts before the last block, the full cost

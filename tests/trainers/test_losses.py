@@ -8,15 +8,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from search_spaces.adaptive import LossTerm
+from search_spaces.halting import Halting, ponder_weight
 from search_spaces.output import ModelOutput
 from search_spaces.vit import ViTConfig, build
 from trainers.losses import (
+    TERMS,
+    adaptive_objective,
+    depth_prior_loss,
     gaussian_depth_prior,
-    halting_objective,
     halting_prior_loss,
     objective_for,
     ponder_loss,
-    ponder_weight,
+    register_term,
+    term_loss,
 )
 
 torch.set_num_threads(1)
@@ -130,8 +135,7 @@ def test_halting_objective_is_cross_entropy_plus_ponder_plus_prior() -> None:
     y = torch.tensor([0, 1, 2, 3, 4, 0])
     out = model(x)
     assert isinstance(out, ModelOutput)
-    loss = halting_objective(depth=4, target_fraction=0.5, ponder=None, prior=0.1,
-                             label_smoothing=0.1)(out, y)
+    loss = objective_for(Halting(HALTING), label_smoothing=0.1)(out, y)
     # by hand: target = Gaussian over blocks 1..4 around 2; alpha_p = 5e-4 * 12 / 4 = 1.5e-3
     k = torch.arange(1.0, 5.0)
     target = torch.exp(-0.5 * (k - 2.0) ** 2)
@@ -163,4 +167,35 @@ def test_halting_objective_needs_a_model_output() -> None:
 def test_objective_for_only_halting_configs() -> None:
     assert objective_for(HALTING.replace(token_policy="static")) is None
     assert objective_for(object()) is None  # a family without token policies
+    assert objective_for(None) is None
     assert callable(objective_for(HALTING))
+
+
+def test_halting_declares_its_terms_by_name() -> None:
+    terms = Halting(HALTING).loss_terms()
+    assert terms == (LossTerm("ponder", ("rho",), 1.5e-3),
+                     LossTerm("depth_prior", ("halt_distribution",), 0.1, {"mean": 2.0}))
+    assert all(t.kind in TERMS for t in terms)
+
+
+def test_depth_prior_loss_is_the_kl_to_the_gaussian_of_its_depth() -> None:
+    dist = torch.rand(3, 6, generator=torch.Generator().manual_seed(0))
+    target = gaussian_depth_prior(6, mean=2.5, std=0.7)
+    assert depth_prior_loss(dist, mean=2.5, std=0.7, weight=0.3).item() == pytest.approx(
+        halting_prior_loss(dist, target=target, weight=0.3).item(), abs=1e-7)
+
+
+def test_terms_read_aux_and_labels_and_a_registered_term_is_used() -> None:
+    out = ModelOutput(torch.zeros(2, 3), {"x": torch.tensor([1.0, 3.0])})
+    labels = torch.tensor([0, 2])
+    register_term("test_weighted_sum", lambda x, y, *, weight, shift: weight * (
+        x.sum() + y.sum() + shift))
+    term = LossTerm("test_weighted_sum", ("x", "labels"), 0.5, {"shift": 1.0})
+    assert term_loss(term, out, labels).item() == 0.5 * (4 + 2 + 1)
+    ce = F.cross_entropy(out.logits, labels)
+    total = adaptive_objective([term, term])(out, labels)
+    assert total.item() == pytest.approx(ce.item() + 2 * 3.5, abs=1e-6)
+    with pytest.raises(ValueError, match="registered already"):
+        register_term("test_weighted_sum", lambda x, *, weight: x)
+    with pytest.raises(KeyError, match="not known"):
+        term_loss(LossTerm("no_such_term", ("x",), 1.0), out, labels)

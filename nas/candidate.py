@@ -1,0 +1,167 @@
+"""One candidate's measurements, budget points, importance and files; imports no Ray.
+
+Shared by the Ray trainable (nas/trainable.py) and ``nas prune`` (nas/prune.py), which must
+not start Ray. Adaptive candidates (``SearchSpace.adaptive(config)`` is not None) cost what
+their data makes them run: before training only their parameters and full MACs are known,
+and after training they are evaluated at ``budget.points`` operating points
+(trainers.budget); the report carries point 0 (the trained knob values: what Optuna sees),
+its knob values as JSON (``knobs``) and every point as JSON (``points``: one row each).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from search_spaces.adaptive import Adaptive, CostModel
+from search_spaces.config import Config
+from trainers.budget import budget_points, cost_model
+from trainers.importance import save_scores, summarize, taylor_importance
+from trainers.measure import Latency, count_macs, count_params, measure_latency
+
+from .gate import MeasurementGate
+from .results import IMPORTANCE
+from .spec import COSTS, STATIC_COSTS, SearchSpec
+
+WEIGHTS = "model.safetensors"
+CANDIDATE = "candidate.json"
+INPUT = "input.json"
+INIT = "init.json"  # which weights a warm-started candidate began from, what started fresh
+
+
+class GatedData:
+    """The candidate's data, each training and validation step held inside the gate, so
+    another trial's latency measurement never runs beside this trial's work."""
+
+    def __init__(self, data: Any, gate: MeasurementGate, device: str) -> None:
+        self._data, self._gate, self._cuda = data, gate, device.startswith("cuda")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+    def _gated(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            with self._gate.training_step():  # held while the loop works on this batch
+                yield batch
+                if self._cuda:  # the step's kernels are queued, not done: wait for them
+                    torch.cuda.synchronize()
+
+    def train_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._gated(self._data.train_batches(*args, **kwargs))
+
+    def val_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._gated(self._data.val_batches(*args, **kwargs))
+
+
+def timed(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
+          gate: MeasurementGate, images: torch.Tensor | None = None) -> Latency:
+    """The spec's latency measurement of ``model``, on an otherwise idle device."""
+    lat = spec.latency
+    with gate.measurement():
+        return measure_latency(
+            model, input_shape=input_shape, batch_size=lat.batch_size, device=lat.device,
+            dtype=getattr(torch, lat.dtype), threads=lat.threads, warmup=lat.warmup,
+            repeats=lat.repeats, rounds=lat.rounds, inputs=images)
+
+
+def candidate_cost(spec: SearchSpec, config: Config, model: torch.nn.Module,
+                   input_shape: tuple[int, ...], gate: MeasurementGate) -> CostModel:
+    """An adaptive model's cost model (it depends on the architecture only: counted once
+    per trial, before training)."""
+    with gate.training_step():  # tracing for MACs is work like training: keep it apart
+        return cost_model(spec.space.name, config, model, input_shape)
+
+
+def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
+                  gate: MeasurementGate, *, cost: CostModel | None = None) -> dict[str, Any]:
+    """Params, MACs and latency of ``model``. An adaptive model (given with its ``cost``)
+    gets params and its full MACs only: what it runs (and so its latency) depends on data
+    it has not learnt yet."""
+    if cost is not None:
+        macs = cost.full()
+        return {"params": count_params(model), "macs": macs, "full_macs": macs}
+    with gate.training_step():  # tracing for MACs is work like training: keep it apart
+        macs = count_macs(model, input_shape)
+    costs = {"params": count_params(model), "macs": macs, "full_macs": macs}
+    return {**costs, **timed(model, spec, input_shape, gate).metrics()}
+
+
+def broken_cost_constraints(spec: SearchSpec, costs: dict[str, Any], *,
+                            adaptive: bool = False) -> list[str]:
+    """The spec's constraints on costs known before training that ``costs`` break."""
+    known = STATIC_COSTS if adaptive else COSTS
+    return [f"{c} ({c.metric}={costs[c.metric]:.4g})" for c in spec.constraints
+            if c.metric in known and not c.holds(costs[c.metric])]
+
+
+def budget_report(config: Config, adaptive: Adaptive, model: torch.nn.Module, data: Any,
+                  gated: Any, spec: SearchSpec, gate: MeasurementGate, cost: CostModel,
+                  points: int | None = None) -> dict[str, Any]:
+    """Point 0's accuracy, costs and knob values (``knobs``, JSON), and every one of the
+    ``points`` (default ``budget.points``) operating points as JSON under ``points``."""
+    images = next(iter(data.val_batches(spec.latency.batch_size)))[0]
+
+    def measure(net: torch.nn.Module) -> Latency:
+        return timed(net, spec, data.input_shape, gate, images)
+
+    knobs = adaptive.operating_points(points or spec.budget.points, spec.budget.limits)
+    rows = budget_points(spec.space.name, config, model, gated, knobs=knobs,
+                         batch_size=spec.train.eval_batch(), measure=measure, cost=cost)
+    first = {k: v for k, v in rows[0].items() if k not in ("point", "knobs")}
+    return {**first, "knobs": json.dumps(rows[0]["knobs"], sort_keys=True),
+            "points": json.dumps(rows)}
+
+
+def importance_report(model: torch.nn.Module, gated: Any, spec: SearchSpec,
+                      folder: Path) -> dict[str, Any]:
+    """Taylor scores of the trained ``model`` on ``importance.batches`` training batches,
+    saved as ``folder``/importance.safetensors; returns their ``imp_*`` summary ({} and no
+    file when ``importance.batches`` is 0).
+
+    The batches are those of the epoch after the last one trained (``epoch = train.epochs``,
+    the training seed): reproducible, and in an order training did not end on. They come
+    through the gate (``gated``), so the forward/backward passes never run beside a
+    measurement.
+    """
+    if spec.importance.batches == 0:
+        return {}
+    batches = gated.train_batches(spec.train.batch_size, epoch=spec.train.epochs,
+                                  seed=spec.train.seed)
+    with contextlib.closing(batches):  # releases the gate held by the last batch taken
+        scores = taylor_importance(model, batches, num_batches=spec.importance.batches)
+    save_scores(folder / IMPORTANCE, scores)
+    return summarize(scores)
+
+
+def trial_device(spec: SearchSpec) -> str:
+    if spec.resources.gpus <= 0:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError("resources.gpus > 0 but this worker sees no CUDA device "
+                           f"(torch {torch.__version__}, cuda {torch.version.cuda})")
+    return "cuda"
+
+
+def input_info(data: Any) -> dict[str, Any]:
+    """What the model expects as input: size, channels, normalisation, class names."""
+    return {"img_size": data.img_size, "in_chans": data.in_chans, "mean": list(data.mean),
+            "std": list(data.std), "num_classes": data.num_classes,
+            "class_names": list(data.class_names), "dataset": data.describe().get("name")}
+
+
+def save_checkpoint(folder: Path, model: torch.nn.Module, candidate: dict[str, Any],
+                    inputs: dict[str, Any], init: dict[str, Any] | None = None) -> None:
+    """The model's weights, its config and input conventions (and ``init``, the warm start
+    record, when there is one) as files of ``folder``."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    (folder / CANDIDATE).write_text(json.dumps(candidate, sort_keys=True))
+    (folder / INPUT).write_text(json.dumps(inputs, sort_keys=True))
+    if init:
+        (folder / INIT).write_text(json.dumps(init, indent=1, sort_keys=True))
