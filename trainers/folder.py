@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from search_spaces.config import check
 
-from .data import (
+from .dataset import (
     FOLDER_IMG_SIZE,
     Batch,
     Data,

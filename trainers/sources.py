@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import (
+from .dataset import (
     DIGITS_TEST_FRACTION,
     SYNTHETIC_DEFAULTS,
     DataSettings,
