@@ -7,9 +7,16 @@ Each section is a frozen dataclass validated in ``__post_init__``; a bad value r
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any
+
+from search_spaces.config import ConfigError
+
+# Keys of the trainers' settings that a trial decides for itself, not the spec.
+PER_TRIAL = {"data": ("device", "load_test"), "train": ("device",)}
+_SECTION_DEFAULTS = {"data": {"name": "fashion-mnist"}}
 
 
 class SpecError(ValueError):
@@ -136,3 +143,55 @@ class ResourcesSpec:
 def at_least(field: str, value: float, low: float) -> None:
     if value < low:
         fail(field, value, f"must be >= {low}")
+
+
+def parse_section(cls: type, raw: Any, prefix: str) -> Any:
+    """The section ``prefix`` of a spec (a mapping) as its settings class ``cls``; unknown
+    keys, wrong types and the class's own rules are one SpecError naming the field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        fail(prefix, raw, "must be a mapping of settings")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls) if f.name not in PER_TRIAL.get(prefix, ())]
+    values = dict(_SECTION_DEFAULTS.get(prefix, {}))
+    for key, value in raw.items():
+        if key not in known:
+            fail(f"{prefix}.{key}", value, f"unknown key; allowed keys: {known}")
+        values[key] = typed(f"{prefix}.{key}", hints[key], value)
+    try:
+        return cls(**values)
+    except ConfigError as err:  # the trainers' rule, said with the spec's field path
+        key = err.field or ""
+        raise SpecError(f"{prefix}.{key} = {values.get(key)!r}: {err}") from None
+
+
+def typed(field: str, hint: Any, value: Any) -> Any:
+    """Check a value against its annotation: int, float, str, bool, optional, a tuple of
+    strings (a YAML list) or a mapping of names to numbers."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            fail(field, value, "must be a list of strings")
+        return tuple(value)
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in value.items()):
+            fail(field, value, "must be a mapping of names to numbers")
+        return {k: float(v) for k, v in value.items()}
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
+    if value is None:
+        if optional:
+            return None
+        fail(field, value, f"must be a {base.__name__}, not null")
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        return value
+    if base is bool and isinstance(value, bool):
+        return value
+    fail(field, value, f"must be a {base.__name__}{' or null' if optional else ''}")

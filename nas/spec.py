@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from trainers.loop import FitSettings
 from .init import check_init_weights, fix_architecture
 from .plugins import load_plugins, resolved
 from .sections import (
+    PER_TRIAL,
     BudgetSpec,
     GuidanceSpec,
     ImportanceSpec,
@@ -37,6 +36,8 @@ from .sections import (
     SpecError,
     at_least,
     fail,
+    parse_section,
+    typed,
 )
 
 # What a trial reports and the results table keeps, beside the per-epoch history.
@@ -48,8 +49,6 @@ CONSTRAINABLE = ("accuracy", "val_loss", "latency_ms", "latency_p90_ms", "macs",
 # an adaptive candidate only params are: its MACs and latency depend on its data.
 COSTS = ("latency_ms", "latency_p90_ms", "macs", "params")
 STATIC_COSTS = ("params",)
-# Keys of the trainers' settings that a trial decides for itself, not the spec.
-PER_TRIAL = {"data": ("device", "load_test"), "train": ("device",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,63 +134,12 @@ _SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
              "latency": LatencySpec, "resources": ResourcesSpec, "budget": BudgetSpec,
              "importance": ImportanceSpec, "pruning": PruningSpec, "guidance": GuidanceSpec,
              "init": InitSpec}
-_SECTION_DEFAULTS = {"data": {"name": "fashion-mnist"}}
 _SCALARS = {"trials": int, "concurrent_trials": int, "scheduler": str, "results_dir": str,
             "ray_address": str | None, "storage": str | None,  # top-level values
             "plugins": tuple[str, ...]}
 DEFAULT_OBJECTIVES = ("accuracy:max", "latency_ms:min")
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _section(cls: type, raw: Any, prefix: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        fail(prefix, raw, "must be a mapping of settings")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls) if f.name not in PER_TRIAL.get(prefix, ())]
-    values = dict(_SECTION_DEFAULTS.get(prefix, {}))
-    for key, value in raw.items():
-        if key not in known:
-            fail(f"{prefix}.{key}", value, f"unknown key; allowed keys: {known}")
-        values[key] = _typed(f"{prefix}.{key}", hints[key], value)
-    try:
-        return cls(**values)
-    except ConfigError as err:  # the trainers' rule, said with the spec's field path
-        key = err.field or ""
-        raise SpecError(f"{prefix}.{key} = {values.get(key)!r}: {err}") from None
-
-
-def _typed(field: str, hint: Any, value: Any) -> Any:
-    """Check a value against its annotation: int, float, str, bool, optional, a tuple of
-    strings (a YAML list) or a mapping of names to numbers."""
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            fail(field, value, "must be a list of strings")
-        return tuple(value)
-    if origin in (Mapping, dict):
-        if not isinstance(value, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
-                for k, v in value.items()):
-            fail(field, value, "must be a mapping of names to numbers")
-        return {k: float(v) for k, v in value.items()}
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
-    if value is None:
-        if optional:
-            return None
-        fail(field, value, f"must be a {base.__name__}, not null")
-    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if base is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if base is str and isinstance(value, str):
-        return value
-    if base is bool and isinstance(value, bool):
-        return value
-    fail(field, value, f"must be a {base.__name__}{' or null' if optional else ''}")
 
 
 def parse_objectives(raw: Any, field: str = "objectives") -> tuple[Objective, ...]:
@@ -316,11 +264,11 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     name = raw.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         fail("name", name, "must be a name of letters, digits, '_', '.', '-'")
-    sections = {k: _section(cls, raw.get(k), k) for k, cls in _SECTIONS.items()}
+    sections = {k: parse_section(cls, raw.get(k), k) for k, cls in _SECTIONS.items()}
     if sections["init"].weights is not None:  # trials run elsewhere: an absolute path
         weights = str(Path(sections["init"].weights).expanduser().resolve())
         sections["init"] = dataclasses.replace(sections["init"], weights=weights)
-    top = {k: _typed(k, hint, raw[k]) for k, hint in _SCALARS.items() if k in raw}
+    top = {k: typed(k, hint, raw[k]) for k, hint in _SCALARS.items() if k in raw}
     if "plugins" in top:  # before the space is looked up: they may register it
         top["plugins"] = resolved(top["plugins"])
         load_plugins(top["plugins"])
