@@ -11,13 +11,14 @@ its knob values as JSON (``knobs``) and every point as JSON (``points``: one row
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from search_spaces.adaptive import Adaptive, CostModel
 from search_spaces.config import Config
@@ -26,13 +27,14 @@ from trainers.importance import save_scores, summarize, taylor_importance
 from trainers.measure import Latency, count_macs, count_params, measure_latency
 
 from .gate import MeasurementGate
-from .results import IMPORTANCE
+from .results import IMPORTANCE, RESUME_ONLY
 from .spec import COSTS, STATIC_COSTS, SearchSpec
 
 WEIGHTS = "model.safetensors"
 CANDIDATE = "candidate.json"
 INPUT = "input.json"
 INIT = "init.json"  # which weights a warm-started candidate began from, what started fresh
+OPTIMIZER, OPTIMIZER_JSON, PROGRESS = RESUME_ONLY  # to resume training from a checkpoint
 
 
 class GatedData:
@@ -156,12 +158,68 @@ def input_info(data: Any) -> dict[str, Any]:
 
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, candidate: dict[str, Any],
-                    inputs: dict[str, Any], init: dict[str, Any] | None = None) -> None:
+                    inputs: dict[str, Any], init: dict[str, Any] | None = None, *,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    history: list[dict[str, Any]] | None = None) -> None:
     """The model's weights, its config and input conventions (and ``init``, the warm start
-    record, when there is one) as files of ``folder``."""
+    record, when there is one) as files of ``folder``; with ``optimizer`` and ``history``
+    (the epochs done) also what resuming the training needs."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS))
     (folder / CANDIDATE).write_text(json.dumps(candidate, sort_keys=True))
     (folder / INPUT).write_text(json.dumps(inputs, sort_keys=True))
     if init:
         (folder / INIT).write_text(json.dumps(init, indent=1, sort_keys=True))
+    if optimizer is not None:
+        save_optimizer(folder, optimizer.state_dict())
+    if history is not None:
+        (folder / PROGRESS).write_text(json.dumps({"epoch": len(history), "history": history}))
+
+
+def save_optimizer(folder: Path, state: dict[str, Any]) -> None:
+    """An optimizer's state dict without pickle: its tensors as safetensors (``<param>.<name>``),
+    the rest (param groups, scalar state) as JSON."""
+    tensors, scalars = {}, {}
+    for param, entries in state["state"].items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param), {})[name] = value
+    save_file(tensors, str(folder / OPTIMIZER))
+    (folder / OPTIMIZER_JSON).write_text(json.dumps({"param_groups": state["param_groups"],
+                                                     "scalars": scalars}))
+
+
+def load_optimizer(folder: Path) -> dict[str, Any]:
+    """The state dict :func:`save_optimizer` wrote."""
+    meta = json.loads((folder / OPTIMIZER_JSON).read_text())
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in load_file(str(folder / OPTIMIZER)).items():
+        param, name = key.split(".", 1)
+        state.setdefault(int(param), {})[name] = tensor
+    for param, entries in meta["scalars"].items():
+        state.setdefault(int(param), {}).update(entries)
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v
+               for k, v in group.items()} for group in meta["param_groups"]]  # betas
+    return {"state": state, "param_groups": groups}
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """A checkpoint's training state: epochs done, their metrics, weights, optimizer."""
+
+    epoch: int
+    history: list[dict[str, Any]]
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+
+
+def load_progress(folder: Path) -> Progress | None:
+    """The training state a checkpoint folder holds (None if it holds none)."""
+    if not (folder / PROGRESS).is_file():
+        return None
+    progress = json.loads((folder / PROGRESS).read_text())
+    optimizer = load_optimizer(folder) if (folder / OPTIMIZER_JSON).is_file() else None
+    return Progress(epoch=int(progress["epoch"]), history=list(progress["history"]),
+                    weights=load_file(str(folder / WEIGHTS)), optimizer=optimizer)

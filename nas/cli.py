@@ -1,4 +1,4 @@
-"""``nas search | show | pareto | export | importance | prune``: the command line.
+"""``nas search | show | pareto | export | importance | prune | dashboard``: the command line.
 
 A user mistake prints one line ``nas: error: FIELD = VALUE: what is allowed`` and exits 2.
 """
@@ -20,6 +20,8 @@ from .pareto import default_reference, hypervolume, pareto_front
 from .plugins import load_plugins
 from .results import (
     PLOT,
+    SPEC,
+    STUDY_DB,
     ResultsError,
     fmt,
     knob_columns,
@@ -29,7 +31,7 @@ from .results import (
     study_paths,
     study_spec,
 )
-from .spec import SpecError, parse_objectives
+from .spec import SearchSpec, SpecError, parse_objectives
 
 # configs/quick.yaml, shipped inside the package (a link in the source tree)
 DEFAULT_SPEC = Path(__file__).resolve().parent / "default_spec.yaml"
@@ -55,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--results-dir", help="parent folder of the study folder")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec value, e.g. --set train.epochs=3 (repeatable)")
+    s.add_argument("--resume", metavar="RESULTS", help="continue the study in RESULTS whose "
+                   "driver died (its own spec; finished trials are kept)")
     sh = sub.add_parser("show", help="summarise a study")
     sh.add_argument("results", help="study folder, e.g. results/quick")
     pa = sub.add_parser("pareto", help="the Pareto front of a study")
@@ -99,6 +103,12 @@ def _more_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--out", help="new export folder to write")
     pr.add_argument("--add", action="store_true", help="add the variant to the study as a "
                     "row with origin 'pruned' (and trials/<new id>/)")
+    da = sub.add_parser("dashboard", help="serve the study's Optuna dashboard (needs the "
+                        "dashboard extra)")
+    da.add_argument("results")
+    da.add_argument("--port", type=int, default=8080)
+    da.add_argument("--host", default="127.0.0.1", help="address to bind (default: this "
+                    "machine only)")
 
 
 def _study(results: str) -> Path:
@@ -106,6 +116,21 @@ def _study(results: str) -> Path:
     study_dir = study_paths(results)
     load_plugins(study_spec(study_dir).get("plugins") or [])
     return study_dir
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    study_dir = _study(args.results)
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        raise SpecError("dashboard: optuna-dashboard is not installed; install the extra: "
+                        "pip install 'vitnas[dashboard]'") from None
+    if not 0 < args.port < 65536:
+        raise SpecError(f"--port = {args.port}: must be in 1..65535")
+    print(f"dashboard of {study_dir} on http://{args.host}:{args.port}/ (Ctrl-C to stop)",
+          flush=True)
+    run_server(f"sqlite:///{study_dir.resolve() / STUDY_DB}", host=args.host, port=args.port)
+    return 0
 
 
 def _summary(space: str, config_json: str) -> str:
@@ -131,10 +156,13 @@ def _plot_path(value: str | None) -> Path | None:
 def cmd_search(args: argparse.Namespace) -> int:
     from . import spec as specs
     from .search import StudyExists, run_search
-    path = Path(args.spec) if args.spec else DEFAULT_SPEC
-    spec = specs.load(path, args.set, name=args.name, results_dir=args.results_dir)
+    if args.resume:
+        spec = _resume_spec(args)
+    else:
+        path = Path(args.spec) if args.spec else DEFAULT_SPEC
+        spec = specs.load(path, args.set, name=args.name, results_dir=args.results_dir)
     try:  # without --name, a name already taken moves on to <name>-2, -3, ...
-        study_dir = run_search(spec, auto_name=args.name is None)
+        study_dir = run_search(spec, auto_name=args.name is None, resume=bool(args.resume))
     except StudyExists as err:
         raise SpecError(str(err)) from None
     print()
@@ -148,6 +176,20 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"\nresults: {study_dir}   next: nas show {study_dir}   "
           f"nas export {study_dir} --trial N [--point K] --out DIR")
     return 0
+
+
+def _resume_spec(args: argparse.Namespace) -> SearchSpec:
+    """The spec of the study ``--resume`` names, under its folder's name and place."""
+    from . import spec as specs
+    given = [f for f, v in (("SPEC", args.spec), ("--name", args.name), ("--results-dir",
+             args.results_dir), ("--set", args.set)) if v]
+    if given:
+        raise SpecError(f"--resume = {args.resume!r}: resumes the study's own spec; "
+                        f"{given[0]} cannot be given with it")
+    folder = Path(args.resume)
+    if not (folder / SPEC).is_file():
+        raise SpecError(f"--resume = {args.resume!r}: not a study folder (no {SPEC})")
+    return specs.load(folder / SPEC, name=folder.name, results_dir=str(folder.parent))
 
 
 def _print_front(study_dir: Path, objectives: list[str], where: str | None, style: str,
@@ -254,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"search": cmd_search, "show": cmd_show, "pareto": cmd_pareto,
                "export": cmd_export, "importance": cmd_importance,
-               "prune": cmd_prune}[args.command]
+               "prune": cmd_prune, "dashboard": cmd_dashboard}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as err:

@@ -37,6 +37,8 @@ TRIALS = "trials"
 RAY = "ray"
 PLOT = "pareto.png"
 IMPORTANCE = "importance.safetensors"  # in trials/<n>/: the trained trial's Taylor scores
+# checkpoint files that only resuming needs (trials/<n>/ does not keep them)
+RESUME_ONLY = ("optimizer.safetensors", "optimizer.json", "progress.json")
 
 _EPOCH_KEYS = ("epoch", "train_loss", "val_loss", "accuracy", "lr", "epoch_time_s")
 
@@ -116,7 +118,8 @@ class TableWriter:
         """``resume``: start from the rows the table holds (to add rows after a search)."""
         self.path = study_dir / TABLE
         self.rows: list[dict[str, Any]] = (
-            pd.read_parquet(self.path).to_dict("records") if resume else [])
+            pd.read_parquet(self.path).to_dict("records")
+            if resume and self.path.is_file() else [])
 
     @property
     def trials(self) -> int:
@@ -139,6 +142,8 @@ def store_trial_files(study_dir: Path, trial_number: int, checkpoint: Any,
     folder.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
         checkpoint.to_directory(str(folder))
+        for name in RESUME_ONLY:  # what resuming needed; the trial is over
+            (folder / name).unlink(missing_ok=True)
     epochs = [{k: h.get(k) for k in _EPOCH_KEYS} for h in history]
     (folder / "history.json").write_text(json.dumps(epochs, indent=1))
     return folder

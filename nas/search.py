@@ -1,10 +1,16 @@
-"""``run_search(spec)``: a Ray Tune ``Tuner`` driven by Optuna, writing results/<study>/."""
+"""``run_search(spec)``: a Ray Tune ``Tuner`` driven by Optuna, writing results/<study>/.
+
+``run_search(spec, resume=True)`` continues a study whose driver died (nas/durable.py): the
+study's finished trials stay, the ones left running are run again from their checkpoints,
+and the sampler draws the rest. Trials whose worker or node dies are retried by Ray from
+their last checkpoint, ``retries`` times (nas/trainable.py reports deterministic failures
+instead of raising them, so those are not retried).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import shutil
 import time
@@ -12,13 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 import search_spaces
 
+from .candidate import PROGRESS
+from .cluster import check_storage, reachable_address, start_ray
+from .durable import StudyState, driver_lock, reconcile, study_state
 from .results import (
     RAY,
     SPEC,
@@ -30,7 +38,7 @@ from .results import (
     store_trial_files,
     trial_rows,
 )
-from .searcher import make_searcher, trial_status
+from .searcher import StudySearcher, make_searcher, trial_status
 from .spec import SearchSpec, SpecError, check_data, to_yaml
 from .trainable import train_candidate
 
@@ -42,11 +50,17 @@ class StudyExists(ValueError):
 class ResultsCallback(tune.Callback):
     """Driver side: prints progress and writes each finished trial's row and files."""
 
-    def __init__(self, spec: SearchSpec, study_dir: Path, printer: Printer) -> None:
+    def __init__(self, spec: SearchSpec, study_dir: Path, printer: Printer,
+                 searcher: StudySearcher, *, resume: bool = False) -> None:
         self.spec, self.study_dir, self.printer = spec, study_dir, printer
-        self.table = TableWriter(study_dir)
+        self.searcher = searcher
+        self.table = TableWriter(study_dir, resume=resume)
         self.history: dict[str, list[dict[str, Any]]] = {}
         self.started = time.monotonic()
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        self.searcher.record_checkpoint(trial.trial_id, checkpoint.path)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -77,11 +91,12 @@ class ResultsCallback(tune.Callback):
                                    self.spec.metric_names, self.started))
 
     def _record(self, trial: Any, number: int, error: bool) -> dict[str, Any]:
-        history = self.history.get(trial.trial_id, [])
+        history = _earlier_epochs(trial.config) + self.history.get(trial.trial_id, [])
         last = history[-1] if history else {}
         status = trial_status(last, error, self.spec.train.epochs)
-        message = _error_line(trial) if error else last.get("infeasible", "")
-        trained = [h for h in history if not h.get("infeasible")]
+        message = _error_line(trial) if error else (
+            last.get("failed") or last.get("infeasible", ""))
+        trained = [h for h in history if not h.get("infeasible") and not h.get("failed")]
         store_trial_files(self.study_dir, number, trial.checkpoint if trained else None,
                           trained)
         candidate = trial.config["candidate"]
@@ -96,6 +111,15 @@ class ResultsCallback(tune.Callback):
                          f"{fmt(rows[0]['accuracy'])}..{fmt(rows[-1]['accuracy'])}, macs "
                          f"{fmt(rows[0]['macs'])}..{fmt(rows[-1]['macs'])}")
         return rows[0]
+
+
+def _earlier_epochs(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epochs a resumed trial had done before its driver died (its checkpoint's)."""
+    if not config.get("resume_from"):
+        return []
+    with tune.Checkpoint(config["resume_from"]).as_directory() as folder:
+        path = Path(folder) / PROGRESS
+        return json.loads(path.read_text())["history"] if path.is_file() else []
 
 
 def _key(spec: SearchSpec, candidate: dict[str, Any]) -> str:
@@ -140,72 +164,92 @@ def prepare_study_dir(spec: SearchSpec, *, auto_name: bool = False) -> SearchSpe
     return spec
 
 
-def _start_ray(spec: SearchSpec) -> bool:
-    """Connect to the spec's cluster or start a local one; True when we started it."""
-    # Trials checkpoint every epoch on purpose (final weights survive early stopping).
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if ray.is_initialized():
-        return False
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    if spec.ray_address:
-        ray.init(address=spec.ray_address, logging_level=logging.WARNING)
-    else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
-    return True
-
-
 def _scheduler(spec: SearchSpec) -> Any:
     if spec.scheduler == "asha":
-        return ASHAScheduler(metric="accuracy", mode="max", time_attr="training_iteration",
+        return ASHAScheduler(metric="accuracy", mode="max", time_attr="epoch",
                              max_t=spec.train.epochs, grace_period=1)
     return None
 
 
 def _tuner(spec: SearchSpec, study_dir: Path, printer: Printer,
-           trainable: Callable[..., None]) -> tune.Tuner:
+           trainable: Callable[..., None], state: StudyState, resume: bool) -> tune.Tuner:
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    searcher = make_searcher(spec, f"sqlite:///{study_dir / STUDY_DB}", orphans=state.orphans,
+                             existing=state.trials)
+    runs = len(list((study_dir / RAY).glob("tune*"))) if resume else 0
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(spec, f"sqlite:///{study_dir / STUDY_DB}"),
-            scheduler=_scheduler(spec), num_samples=spec.trials,
+            search_alg=searcher, scheduler=_scheduler(spec), num_samples=state.to_start,
             max_concurrent_trials=spec.concurrent_trials, reuse_actors=True),
         run_config=tune.RunConfig(
-            name="tune", storage_path=spec.storage or str(study_dir / RAY), verbose=0,
-            callbacks=[ResultsCallback(spec, study_dir, printer)],
+            name=f"tune-{runs + 1}" if runs else "tune",
+            storage_path=spec.storage or str(study_dir / RAY), verbose=0,
+            callbacks=[ResultsCallback(spec, study_dir, printer, searcher, resume=resume)],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0)))
+            failure_config=tune.FailureConfig(max_failures=spec.retries)))
 
 
 def run_search(spec: SearchSpec, *, printer: Printer = print, auto_name: bool = False,
-               trainable: Callable[..., None] = train_candidate) -> Path:
+               trainable: Callable[..., None] = train_candidate, resume: bool = False) -> Path:
     """Run the spec's search to the end; returns the study folder (results/<name>).
 
+    ``resume``: continue the study in ``spec.study_dir`` (its own spec) whose driver died.
     ``trainable(config, *, spec)`` is the per-trial function (the real trainer by default;
     the orchestration benchmark passes one that trains nothing). With ``pruning.best`` > 0,
     pruned variants of the front's best trials are added afterwards (nas/prune.py), in this
     process, once Ray is shut down.
     """
+    if spec.ray_address:
+        reachable_address(spec.ray_address)  # within seconds, before anything is written
     check_data(spec)
-    spec = prepare_study_dir(spec, auto_name=auto_name)
+    if not resume:
+        spec = prepare_study_dir(spec, auto_name=auto_name)
     study_dir = spec.study_dir.resolve()
+    storage_url = f"sqlite:///{study_dir / STUDY_DB}"
+    with driver_lock(study_dir):
+        state = reconcile(spec, study_dir, storage_url) if resume else study_state(
+            spec, storage_url)
+        if state.to_start == 0:
+            printer(f"study {spec.name!r}: all {state.finished} trials finished; nothing "
+                    "to run")
+        else:
+            _run(spec, study_dir, state, printer, trainable, resume)
+    if spec.pruning.best > 0 and not _pruned_already(study_dir):
+        from .prune import prune_best
+        prune_best(study_dir, spec, printer=printer)
+    return study_dir
+
+
+def _run(spec: SearchSpec, study_dir: Path, state: StudyState, printer: Printer,
+         trainable: Callable[..., None], resume: bool) -> None:
+    started_ray = False
     try:
-        started_ray = _start_ray(spec)
+        started_ray = start_ray(spec)
+        check_storage(spec)
     except Exception as err:  # nothing ran: leave no half-made study behind
-        shutil.rmtree(study_dir, ignore_errors=True)
+        if started_ray:
+            ray.shutdown()
+        if not resume:
+            shutil.rmtree(study_dir, ignore_errors=True)
+        if isinstance(err, SpecError):
+            raise
         raise SpecError(f"ray_address = {spec.ray_address!r}: could not start or reach Ray "
                         f"({type(err).__name__}: {err})") from None
     try:
-        tuner = _tuner(spec, study_dir, printer, trainable)
+        tuner = _tuner(spec, study_dir, printer, trainable, state, resume)
+        again = (f"; resuming: {state.finished} finished, {len(state.orphans)} to run "
+                 "again from their checkpoints") if resume else ""
         printer(f"search {spec.name!r}: {spec.trials} trials of space {spec.space.name!r}, "
                 f"{spec.concurrent_trials} at a time, objectives "
-                f"{', '.join(o.label for o in spec.objectives)} -> {spec.study_dir}")
+                f"{', '.join(o.label for o in spec.objectives)} -> {spec.study_dir}{again}")
         tuner.fit()
     finally:
         if started_ray:
             ray.shutdown()
-    if spec.pruning.best > 0:
-        from .prune import prune_best
-        prune_best(study_dir, spec, printer=printer)
-    return study_dir
+
+
+def _pruned_already(study_dir: Path) -> bool:
+    """Whether the study's table has pruned variants (a resumed search does not add more)."""
+    from .results import load_results
+    return bool((load_results(study_dir)["origin"] == "pruned").any())

@@ -6,6 +6,12 @@ reported metric (and the ``imp_*`` importance summary) as a user attribute first
 constraints may name any metric and the study alone is a full record), tells an errored trial
 as FAIL and a stopped one as PRUNED.
 
+Resume (nas/durable.py): a searcher given ``orphans`` (trials left RUNNING in the study by a
+driver that died) hands them out first, under their own trial numbers and parameters, with
+the last checkpoint the driver recorded for them (``resume_from``); the sampler then draws
+the rest. The driver records each trial's latest checkpoint as the user attribute
+``checkpoint`` (:meth:`StudySearcher.record_checkpoint`), and the candidate as ``candidate``.
+
 Guidance (``spec.guidance``): once ``after`` trials have completed, the searcher enqueues up to
 ``proposals`` importance-guided configs (nas/guidance.py) into the study, once; Optuna's
 ``ask`` hands out enqueued trials first, so the next trials Ray asks for are those, each
@@ -14,6 +20,7 @@ with the user attribute ``origin`` ("proposal:from=N:component"); the sampler dr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,14 +35,17 @@ from search_spaces.dims import Dim
 from .guidance import propose, study_rows
 from .spec import METRICS, Constraint, SearchSpec
 
-RECORDED = (*METRICS, "epoch", "infeasible", "knobs")  # knobs: point 0's, JSON
+# knobs: point 0's, JSON; points: every budget point, JSON; failed: a deterministic failure
+RECORDED = (*METRICS, "epoch", "infeasible", "knobs", "points", "failed")
 # the importance summary (trainers.importance.summarize) and the warm start's provenance
 RECORDED_PREFIXES = ("imp_", "init_")
 log = logging.getLogger("nas")
 
 
-def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    s = spec.sampler
+def make_sampler(spec: SearchSpec, *, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; ``offset`` (the trials a resumed study has) moves its seed, so a
+    resumed sampler does not replay the draws it made before."""
+    s = dataclasses.replace(spec.sampler, seed=spec.sampler.seed + offset)
     constraints = Violations(spec.constraints) if spec.constraints else None
     if s.name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=s.seed,
@@ -68,14 +78,15 @@ class DrawCandidate:
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         candidate = search_spaces.get(self.space).suggest(trial, self.dims)
+        trial.set_user_attr("candidate", candidate.to_json())
         return {"candidate": candidate.to_dict(), "trial": trial.number,
                 "origin": trial.user_attrs.get("origin", "sampler")}
 
 
 def trial_status(result: dict[str, Any] | None, error: bool, epochs: int) -> str:
     """complete | infeasible (costs broke a constraint, not trained) | stopped (early, by the
-    scheduler or a cancelled run) | error."""
-    if error:
+    scheduler or a cancelled run) | error (raised, or a deterministic failure reported)."""
+    if error or (result and result.get("failed")):
         return "error"
     if result and result.get("infeasible"):
         return "infeasible"
@@ -89,11 +100,30 @@ class StudySearcher(OptunaSearch):
     which are infeasible), trials stopped early as PRUNED, errored ones as FAIL; enqueues the
     spec's guided proposals once ``guidance.after`` trials have completed."""
 
-    def __init__(self, *args: Any, spec: SearchSpec, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, spec: SearchSpec, orphans: Sequence[FrozenTrial] = (),
+                 complete: int = 0, guided: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._spec = spec
-        self._complete = 0
-        self._guided = False
+        self._complete = complete
+        self._guided = guided
+        self._orphans = list(orphans)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if not self._orphans or trial_id in self._ot_trials:
+            return super().suggest(trial_id)
+        frozen = self._orphans.pop(0)  # a trial its dead driver left running: run it again
+        self._ot_trials[trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
+        space = search_spaces.get(self._spec.space.name)
+        candidate = space.from_params(frozen.params, self._spec.space.dims)
+        return {"candidate": candidate.to_dict(), "trial": frozen.number,
+                "origin": frozen.user_attrs.get("origin", "sampler"),
+                "resume_from": frozen.user_attrs.get("checkpoint")}
+
+    def record_checkpoint(self, trial_id: str, path: str) -> None:
+        """Note a trial's latest checkpoint in the study (what a resume continues from)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            ot_trial.set_user_attr("checkpoint", path)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -139,8 +169,16 @@ class StudySearcher(OptunaSearch):
                     f"{len(proposals)} proposals{why}{': ' if origins else ''}{origins}")
 
 
-def make_searcher(spec: SearchSpec, storage_url: str) -> StudySearcher:
+def make_searcher(spec: SearchSpec, storage_url: str, *, orphans: Sequence[FrozenTrial] = (),
+                  existing: Sequence[FrozenTrial] = ()) -> StudySearcher:
+    """The study's searcher; on a resume, ``existing`` are the study's trials so far and
+    ``orphans`` those of them to run again."""
+    complete = sum(t.state == TrialState.COMPLETE and "infeasible" not in t.user_attrs
+                   for t in existing)
+    guided = any(str(t.user_attrs.get("origin", "")).startswith("proposal") for t in existing)
     return StudySearcher(space=DrawCandidate(spec.space.name, spec.space.dims),
                          metric=spec.metric_names, mode=spec.modes,
-                         sampler=make_sampler(spec), study_name=spec.name, spec=spec,
+                         sampler=make_sampler(spec, offset=len(existing)),
+                         study_name=spec.name, spec=spec, orphans=orphans,
+                         complete=complete, guided=guided,
                          storage=optuna.storages.RDBStorage(storage_url))

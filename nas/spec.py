@@ -110,6 +110,7 @@ class SearchSpec:
     ray_address: str | None = None
     storage: str | None = None
     plugins: tuple[str, ...] = ()  # modules that register more families (nas/plugins.py)
+    retries: int = 2  # a trial whose worker or node died is retried from its checkpoint
 
     @property
     def study_dir(self) -> Path:
@@ -129,14 +130,15 @@ class SearchSpec:
 
 _TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler", "latency",
         "resources", "budget", "importance", "pruning", "guidance", "init", "trials",
-        "concurrent_trials", "scheduler", "results_dir", "ray_address", "storage", "plugins"}
+        "concurrent_trials", "scheduler", "results_dir", "ray_address", "storage", "plugins",
+        "retries"}
 _SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
              "latency": LatencySpec, "resources": ResourcesSpec, "budget": BudgetSpec,
              "importance": ImportanceSpec, "pruning": PruningSpec, "guidance": GuidanceSpec,
              "init": InitSpec}
 _SCALARS = {"trials": int, "concurrent_trials": int, "scheduler": str, "results_dir": str,
             "ray_address": str | None, "storage": str | None,  # top-level values
-            "plugins": tuple[str, ...]}
+            "plugins": tuple[str, ...], "retries": int}
 DEFAULT_OBJECTIVES = ("accuracy:max", "latency_ms:min")
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -274,6 +276,7 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
         load_plugins(top["plugins"])
     at_least("trials", top.get("trials", 8), 1)
     at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
+    at_least("retries", top.get("retries", 0), 0)
     if top.get("scheduler", "none") not in ("none", "asha"):
         fail("scheduler", top["scheduler"], "allowed: none, asha")
     objectives = parse_objectives(raw.get("objectives") or DEFAULT_OBJECTIVES)

@@ -1,11 +1,18 @@
 """The Ray Tune trainable: one candidate's config -> build -> measure -> fit -> report.
 
 The measurements, budget points and files are nas/candidate.py's (no Ray there, so that
-``nas prune`` never imports Ray). With a spec ``init`` the candidate starts from those
-weights (trainers.warmstart; what starts fresh is listed in trials/<n>/init.json and in the
-worker's log). After the last epoch every trained candidate is scored by Taylor importance
-(trainers.importance): the full scores go into the final checkpoint (trials/<n>/) and the
-compact summary (``imp_*`` keys) into the final report.
+``nas prune`` never imports Ray). Every epoch's checkpoint holds what resuming needs
+(weights, optimizer state, the epochs done): a trial retried after its worker or node died
+(``tune.get_checkpoint()``), or handed out again after its driver died (``resume_from``),
+continues from its last epoch. Deterministic failures (a non-finite loss, a config that does
+not build or weights that do not fit it, running out of memory) are reported as the trial's
+last result with their reason (``failed``) instead of raised, so Ray does not retry them.
+
+With a spec ``init`` the candidate starts from those weights (trainers.warmstart; what
+starts fresh is listed in trials/<n>/init.json and in the worker's log). After the last
+epoch every trained candidate is scored by Taylor importance (trainers.importance): the full
+scores go into the final checkpoint (trials/<n>/) and the compact summary (``imp_*`` keys)
+into the final report.
 
 It lives in a package module (not a script) so that Ray workers import it, and with it the
 torchvision compatibility shim, by name.
@@ -21,18 +28,21 @@ import torch
 from ray import tune
 
 import search_spaces
+from search_spaces.config import ConfigError
 from trainers.data import load_data
-from trainers.loop import fit
+from trainers.loop import NonFiniteLoss, build_optimizer, fit
 from trainers.losses import objective_for
-from trainers.warmstart import read_init, warm_start
+from trainers.warmstart import InitError, read_init, warm_start
 
 from .candidate import (
     GatedData,
+    Progress,
     broken_cost_constraints,
     budget_report,
     candidate_cost,
     importance_report,
     input_info,
+    load_progress,
     measure_costs,
     save_checkpoint,
     trial_device,
@@ -53,12 +63,37 @@ def initial_weights(model: torch.nn.Module, spec: SearchSpec, adaptive: Any) -> 
     return {**init.provenance(), "fresh": fresh}
 
 
+DETERMINISTIC = (NonFiniteLoss, ConfigError, InitError, torch.OutOfMemoryError)
+
+
+def resume_point(config: dict[str, Any]) -> Progress | None:
+    """The training state to continue from: Ray's checkpoint of this trial (a retry), or
+    the one the driver hands a trial whose earlier driver died (``resume_from``)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = tune.Checkpoint(config["resume_from"])
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_progress(Path(folder))
+
+
 def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
     """Ray Tune function trainable: reports once per epoch and checkpoints the weights.
 
     A candidate whose measured costs already break a constraint is reported once, marked
-    ``infeasible``, and not trained.
+    ``infeasible``, and not trained. A deterministic failure is reported with its reason.
     """
+    done: list[dict[str, Any]] = []
+    try:
+        _train(config, spec, done)
+    except DETERMINISTIC as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        tune.report({"accuracy": 0.0, "epoch": len(done), "trial": config["trial"],
+                     "failed": reason})
+
+
+def _train(config: dict[str, Any], spec: SearchSpec, done: list[dict[str, Any]]) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     load_plugins(spec.plugins)
     space = search_spaces.get(spec.space.name)
@@ -67,6 +102,7 @@ def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
     device = trial_device(spec)
     data = load_data(spec.data.replace(device=device))
     shape = data.input_shape
+    resume = resume_point(config)
     with MeasurementGate(gate_name(spec.latency.device)) as gate:
         with gate.training_step():  # building is work too: not beside a measurement
             torch.manual_seed(spec.train.seed)
@@ -81,20 +117,30 @@ def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
             tune.report({**costs, "accuracy": 0.0, "epoch": 0,
                          "infeasible": "; ".join(broken)})
             return
+        settings = spec.train.replace(device=device)
         model.to(device)
+        optimizer = build_optimizer(model, settings)
+        if resume is not None:
+            model.load_state_dict(resume.weights)
+            if resume.optimizer is not None:
+                optimizer.load_state_dict(resume.optimizer)
+            done.extend(resume.history)
         gated = GatedData(data, gate, device)
 
         def report(metrics: dict[str, Any]) -> None:
+            done.append(metrics)
             last = metrics["epoch"] == spec.train.epochs
             final = budget_report(candidate, adaptive, model, data, gated, spec, gate,
                                   cost) if (adaptive and last) else {}
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, config["candidate"], input_info(data),
-                                init)
+                                init, optimizer=optimizer, history=done)
                 if last:
                     final.update(importance_report(model, gated, spec, Path(folder)))
                 tune.report({**metrics, **costs, **final},
                             checkpoint=tune.Checkpoint.from_directory(folder))
 
-        fit(model, gated, spec.train.replace(device=device), report=report,
-            loss_fn=objective_for(adaptive, label_smoothing=spec.train.label_smoothing))
+        if len(done) < spec.train.epochs:
+            fit(model, gated, settings, report=report, optimizer=optimizer,
+                start_epoch=len(done),
+                loss_fn=objective_for(adaptive, label_smoothing=spec.train.label_smoothing))

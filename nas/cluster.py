@@ -1,0 +1,75 @@
+"""Which Ray a search runs on: a private local instance, or the cluster the spec names.
+
+``ray.init()`` without an address attaches to any cluster started on the machine with
+``ray start``, even a dead one whose address file was left behind (then it hangs). So a
+search without ``ray_address`` always starts its own instance (``address="local"``), and one
+with ``ray_address`` (``auto`` or host:port) is checked to answer within seconds first: an
+unreachable cluster is one clear error, never a hang. On a cluster, trial output stays in
+the workers' logs (the driver prints only the search's own progress lines), and trial
+storage must be reachable from every node.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import optuna
+import ray
+
+from .sections import SpecError
+from .spec import SearchSpec
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+def reachable_address(given: str) -> str:
+    """host:port of the cluster ``given`` names (``auto``: the address file or a running
+    local cluster), checked to accept a connection; SpecError within seconds otherwise."""
+    from ray._private import services  # Ray's own resolution of "auto" and host:port
+
+    try:
+        address = services.canonicalize_bootstrap_address(given)
+    except (ConnectionError, ValueError) as err:
+        raise SpecError(f"ray_address = {given!r}: {err}") from None
+    if address is None:
+        raise SpecError(f"ray_address = {given!r}: no Ray cluster found; start one with "
+                        "`ray start --head`, or leave ray_address out for a local search")
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise SpecError(f"ray_address = {given!r}: no Ray cluster answers at {address} "
+                        f"({err}); is it running? (a stale address file is left by a cluster "
+                        "that died)") from None
+    return address
+
+
+def start_ray(spec: SearchSpec) -> bool:
+    """Start a private local Ray, or connect to the spec's cluster; True when started here
+    (the caller shuts it down)."""
+    # Trials checkpoint every epoch on purpose (final weights survive early stopping).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if ray.is_initialized():
+        return False
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if spec.ray_address:
+        ray.init(address=reachable_address(spec.ray_address), **quiet)
+    else:
+        ray.init(address="local", include_dashboard=False, **quiet)
+    return True
+
+
+def check_storage(spec: SearchSpec) -> None:
+    """With more than one live node, trial storage must be a URI every node can reach
+    (``s3://...``, ``gs://...``, or ``file:///shared/mount/...`` for a shared file system):
+    a path local to the driver is not."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and (spec.storage is None or "://" not in spec.storage):
+        raise SpecError(f"storage = {spec.storage!r}: the cluster has {len(nodes)} nodes, "
+                        "and trial checkpoints must be reachable from every node: give a URI "
+                        "such as s3://bucket/path or file:///shared/mount/path")

@@ -1,0 +1,242 @@
+"""Durable searches: a driver killed (SIGKILL) and resumed, one driver per study, a private
+local Ray beside stale or foreign clusters, unreachable addresses, and the dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+from nas.results import load_results
+
+ROOT = Path(__file__).resolve().parents[2]
+TRIALS = 4
+SMALL = {"trials": TRIALS, "concurrent_trials": 2, "train": {"epochs": 2, "batch_size": 50},
+         "data": {"name": "fashion-mnist", "train_size": 300, "val_size": 100},
+         "latency": {"repeats": 3, "rounds": 2}, "sampler": {"population_size": 2}}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _spec(tmp: Path, name: str, **changes) -> Path:
+    raw = yaml.safe_load((ROOT / "configs" / "quick.yaml").read_text())
+    raw["space"]["dims"]["num_stages"] = 2
+    for key, value in {**SMALL, **changes}.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and key in raw else value
+    raw.update(name=name, results_dir=str(tmp))
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _nas(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
+    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=cwd, env=env or _env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _run_until(spec: Path | list[str], marker: str,
+               cwd: Path) -> tuple[subprocess.Popen, list[str]]:
+    """Start `nas search SPEC` (or with these arguments) and return once a line containing
+    ``marker`` is printed."""
+    args = [str(spec)] if isinstance(spec, Path) else spec
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "search", *args], cwd=cwd,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 400
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    assert any(marker in ln for ln in lines), "".join(lines[-40:])
+    return proc, lines
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only; Ray's processes share its fate
+    proc.wait(timeout=60)
+    time.sleep(2)
+
+
+def _check_agreement(study: Path) -> pd.DataFrame:
+    ot = optuna.load_study(study_name=study.name, storage=f"sqlite:///{study / 'study.db'}")
+    states = [t.state.name for t in ot.trials]
+    assert states == ["COMPLETE"] * TRIALS, states  # exactly `trials` finished, none left
+    assert [t.number for t in ot.trials] == list(range(TRIALS))
+    frame = load_results(study)
+    assert sorted(frame["trial"]) == list(range(TRIALS))  # row for row
+    for t in ot.trials:
+        row = frame[frame["trial"] == t.number].iloc[0]
+        assert row["status"] == "complete" and row["epochs"] == 2
+        assert t.values == pytest.approx([row["accuracy"], row["latency_ms"]])
+        assert json.loads(row["config"]) == json.loads(t.user_attrs["candidate"])
+    return frame
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("moment", "marker"), [
+    ("before any trial completed", "trial 0 epoch 1/2"),
+    ("mid-trial", "[1/4] trial"),
+])
+def test_resume_after_the_driver_is_killed(moment, marker, tmp_path):
+    data = {"name": "fashion-mnist", "train_size": 1500, "val_size": 100}  # time to act
+    spec = _spec(tmp_path, "killed", data=data)
+    proc, _ = _run_until(spec, marker, tmp_path)
+    _kill(proc)
+    study = tmp_path / "killed"
+    before = load_results(study) if (study / "trials.parquet").exists() else None
+    resumed, lines = _run_until(["--resume", str(study)], "resuming:", tmp_path)
+    second = _nas("search", "--resume", str(study), cwd=tmp_path)  # the resumed one lives
+    assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+    assert f"a driver (pid {resumed.pid}) is running this study" in second.stderr
+    out = "".join(lines) + resumed.stdout.read()
+    assert resumed.wait(timeout=600) == 0, out[-3000:]
+    frame = _check_agreement(study)
+    if before is not None:  # a trial finished before the kill was not run again
+        assert len(before) >= 1, moment
+        for _, row in before.iterrows():
+            again = frame[frame["trial"] == row["trial"]].iloc[0]
+            assert again["train_time_s"] == row["train_time_s"], moment
+    else:
+        assert moment == "before any trial completed"
+    assert "to run again from their checkpoints" in out
+    done = _nas("search", "--resume", str(study), cwd=tmp_path)
+    assert done.returncode == 0 and "nothing to run" in done.stdout
+
+
+def test_resume_needs_a_study_and_nothing_else(tmp_path):
+    proc = _nas("search", "--resume", str(tmp_path / "nowhere"), cwd=tmp_path)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "no spec.yaml" in proc.stderr
+    proc = _nas("search", "--resume", str(tmp_path), "--set", "trials=3", cwd=tmp_path)
+    assert proc.returncode == 2 and "--set cannot be given with it" in proc.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_local_search_ignores_a_stale_address_file_and_a_live_cluster(tmp_path):
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_closed_port()}")
+    env = _env(RAY_TMPDIR=str(ray_tmp))
+    started = time.monotonic()
+    auto = _nas("search", str(_spec(tmp_path, "auto", ray_address="auto")), cwd=tmp_path,
+                env=env)
+    assert auto.returncode == 2 and auto.stderr.count("\n") == 1, auto.stderr
+    assert "ray_address = 'auto': no Ray cluster answers" in auto.stderr
+    assert time.monotonic() - started < 30 and not (tmp_path / "auto").exists()
+    local = _nas("search", str(_spec(tmp_path, "local", trials=2)), cwd=tmp_path, env=env)
+    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+    assert set(load_results(tmp_path / "local")["status"]) == {"complete"}
+
+
+def test_an_unreachable_address_fails_within_seconds(tmp_path):
+    started = time.monotonic()
+    address = f"127.0.0.1:{_closed_port()}"
+    proc = _nas("search", str(_spec(tmp_path, "far", ray_address=address)), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"ray_address = {address!r}: no Ray cluster answers" in proc.stderr
+    assert time.monotonic() - started < 30 and not (tmp_path / "far").exists()
+
+
+@pytest.mark.slow
+def test_the_dashboard_serves_the_study(tiny_study, tmp_path):
+    pytest.importorskip("optuna_dashboard")
+    study, _ = tiny_study
+    port = _closed_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "dashboard", str(study), "--port",
+                             str(port)], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        studies = None
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies",
+                                            timeout=2) as answer:
+                    studies = json.loads(answer.read())["study_summaries"]
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert studies, proc.stdout.read() if proc.poll() is not None else "no answer"
+        (entry,) = studies
+        assert entry["study_name"] == "tiny"
+        assert entry["directions"] == ["maximize", "minimize"]  # accuracy:max, latency:min
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/"
+                                    f"{entry['study_id']}", timeout=5) as answer:
+            detail = json.loads(answer.read())
+        assert len(detail["trials"]) == len(load_results(study))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_resume_after_the_last_trial_runs_nothing(tmp_path):
+    proc, _ = _run_until(_spec(tmp_path, "last"), f"[{TRIALS}/{TRIALS}] trial", tmp_path)
+    _kill(proc)
+    before = load_results(tmp_path / "last")
+    done = _nas("search", "--resume", str(tmp_path / "last"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"all {TRIALS} trials finished; nothing to run" in done.stdout
+    frame = _check_agreement(tmp_path / "last")
+    assert frame["train_time_s"].tolist() == before["train_time_s"].tolist()
+
+
+def test_a_run_resumed_from_its_checkpoint_ends_as_one_never_stopped(tmp_path):
+    import torch
+
+    import search_spaces
+    from nas.candidate import load_progress, save_checkpoint
+    from trainers.data import load_data
+    from trainers.loop import FitSettings, build_optimizer, fit
+
+    space = search_spaces.get("vit")
+    config = space.config_cls(img_size=28, patch_size=7, embed_dim=48, depth=2, num_heads=2)
+    data = load_data("fashion-mnist", train_size=200, val_size=50, seed=0)
+    settings = FitSettings(epochs=3, batch_size=50, lr=3e-3, warmup_epochs=1)
+
+    def fresh():
+        torch.manual_seed(0)
+        return space.build(config, num_classes=10, in_chans=1)
+
+    straight = fresh()
+    fit(straight, data, settings)
+    first = fresh()
+    optimizer = build_optimizer(first, settings)
+    done = []
+
+    def stop_after_one(metrics):
+        done.append(metrics)
+        save_checkpoint(tmp_path, first, config.to_dict(), {}, optimizer=optimizer,
+                        history=done)
+        return True  # the driver dies here
+    fit(first, data, settings, report=stop_after_one, optimizer=optimizer)
+    progress = load_progress(tmp_path)
+    assert progress.epoch == 1 and progress.history == done
+    again = fresh()
+    again.load_state_dict(progress.weights)
+    optimizer = build_optimizer(again, settings)
+    optimizer.load_state_dict(progress.optimizer)
+    result = fit(again, data, settings, optimizer=optimizer, start_epoch=progress.epoch)
+    assert [h["epoch"] for h in result.history] == [2, 3]
+    for (name, a), b in zip(straight.state_dict().items(), again.state_dict().values(),
+                            strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
