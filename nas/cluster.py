@@ -5,8 +5,9 @@
 search without ``ray_address`` always starts its own instance (``address="local"``), and one
 with ``ray_address`` (``auto`` or host:port) is checked to answer within seconds first: an
 unreachable cluster is one clear error, never a hang. On a cluster, trial output stays in
-the workers' logs (the driver prints only the search's own progress lines), and trial
-storage must be reachable from every node.
+the workers' logs and Ray's error reports go to results/<study>/ray-errors.log (the driver
+prints only the search's own progress lines), and trial storage must be reachable from
+every node.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -47,11 +49,13 @@ def reachable_address(given: str) -> str:
     return address
 
 
-def start_ray(spec: SearchSpec) -> bool:
+def start_ray(spec: SearchSpec, log: Path | None = None) -> bool:
     """Start a private local Ray, or connect to the spec's cluster; True when started here
-    (the caller shuts it down)."""
+    (the caller shuts it down). Ray's own error reports (a dead raylet's state dump, say)
+    go to ``log`` instead of the driver's output."""
     # Trials checkpoint every epoch on purpose (final weights survive early stopping).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's tables: our progress lines only
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return False
@@ -61,7 +65,39 @@ def start_ray(spec: SearchSpec) -> bool:
         ray.init(address=reachable_address(spec.ray_address), **quiet)
     else:
         ray.init(address="local", include_dashboard=False, **quiet)
+    if log is not None:
+        _errors_to(log)
     return True
+
+
+def _errors_to(log: Path) -> None:
+    """Send what Ray's driver reports of errors to ``log``: its loggers' records (a trial
+    task that failed and is retried, with its traceback) and the cluster errors it prints
+    (``(raylet) ...`` lines: a dead node's state dump) from a thread of its own, through a
+    module-level function of its worker module."""
+    from ray._private import worker
+
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("ray", "ray.tune", "ray.train"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
+                    and not isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.propagate = False
+
+    printer = getattr(worker.print_to_stdstream, "vitnas_original", worker.print_to_stdstream)
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            return printer(data, ignore_prefix)
+        with log.open("a") as stream:
+            stream.writelines(f"{line}\n" for line in data.get("lines", []))
+        return None
+
+    to_log.vitnas_original = printer  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_log
 
 
 def check_storage(spec: SearchSpec) -> None:

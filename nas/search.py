@@ -42,6 +42,8 @@ from .searcher import StudySearcher, make_searcher, trial_status
 from .spec import SearchSpec, SpecError, check_data, to_yaml
 from .trainable import train_candidate
 
+RAY_ERRORS = "ray-errors.log"  # what Ray reports of errors (a node lost, a retried trial)
+
 
 class StudyExists(ValueError):
     """The study folder already holds a study; nothing is overwritten silently."""
@@ -60,7 +62,13 @@ class ResultsCallback(tune.Callback):
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
                       **info: Any) -> None:
-        self.searcher.record_checkpoint(trial.trial_id, checkpoint.path)
+        self.searcher.record_checkpoint(trial.trial_id, _uri(checkpoint))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = len(self.history.get(trial.trial_id, []))
+        self.printer(f"  trial {trial.config['trial']}: its worker died; retrying "
+                     f"({trial.num_failures} of {self.spec.retries}) from its last checkpoint "
+                     f"(epoch {done})")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -111,6 +119,12 @@ class ResultsCallback(tune.Callback):
                          f"{fmt(rows[0]['accuracy'])}..{fmt(rows[-1]['accuracy'])}, macs "
                          f"{fmt(rows[0]['macs'])}..{fmt(rows[-1]['macs'])}")
         return rows[0]
+
+
+def _uri(checkpoint: Any) -> str:
+    """Where a checkpoint lies, as a path or URI that ``tune.Checkpoint`` reads back."""
+    scheme = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}.get(checkpoint.filesystem.type_name)
+    return f"{scheme}://{checkpoint.path}" if scheme else checkpoint.path
 
 
 def _earlier_epochs(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -225,7 +239,7 @@ def _run(spec: SearchSpec, study_dir: Path, state: StudyState, printer: Printer,
          trainable: Callable[..., None], resume: bool) -> None:
     started_ray = False
     try:
-        started_ray = start_ray(spec)
+        started_ray = start_ray(spec, log=study_dir / RAY_ERRORS)
         check_storage(spec)
     except Exception as err:  # nothing ran: leave no half-made study behind
         if started_ray:

@@ -240,3 +240,47 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_one_never_stopped(tmp_path):
     for (name, a), b in zip(straight.state_dict().items(), again.state_dict().values(),
                             strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.fixture
+def cluster():
+    """A real multi-node Ray cluster on this machine: a head with no CPUs, two 1-CPU
+    workers (stopped by its handle)."""
+    from ray.cluster_utils import Cluster
+
+    handle = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    handle.workers = [handle.add_node(num_cpus=1) for _ in range(2)]
+    handle.wait_for_nodes()
+    yield handle
+    handle.shutdown()
+
+
+@pytest.mark.slow
+def test_several_nodes_need_shared_storage(cluster, tmp_path):
+    spec = _spec(tmp_path, "nodes", ray_address=cluster.address)
+    proc = _nas("search", str(spec), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "storage = None: the cluster has 3 nodes" in proc.stderr
+    assert not (tmp_path / "nodes").exists()
+
+
+@pytest.mark.slow
+def test_a_trial_survives_the_loss_of_its_node(cluster, tmp_path):
+    data = {"name": "fashion-mnist", "train_size": 1500, "val_size": 100}
+    spec = _spec(tmp_path, "lost", ray_address=cluster.address, trials=2, retries=2,
+                 data=data, train={"epochs": 3, "batch_size": 50},
+                 storage=f"file://{tmp_path / 'shared'}")
+    proc, lines = _run_until(spec, "epoch 1/3", tmp_path)
+    cluster.remove_node(cluster.workers[0], allow_graceful=False)  # mid-trial
+    cluster.add_node(num_cpus=1)
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=600) == 0, out[-3000:]
+    assert "its worker died; retrying (1 of 2) from its last checkpoint" in out
+    frame = load_results(tmp_path / "lost")
+    assert sorted(frame["trial"]) == [0, 1] and set(frame["status"]) == {"complete"}
+    assert set(frame["epochs"]) == {3}  # the retried trial kept its epoch count
+    ot = optuna.load_study(study_name="lost", storage=f"sqlite:///{tmp_path / 'lost'}/study.db")
+    assert [(t.number, t.state.name) for t in ot.trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    ours = ("  trial ", "[", "search ", "Pareto front", "hypervolume", "results:", "plot:")
+    table = [ln for ln in out.splitlines() if ln.strip() and not ln.startswith(ours)]
+    assert all(ln.startswith((" ", "trial")) for ln in table), table  # no Ray log lines
