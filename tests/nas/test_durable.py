@@ -132,7 +132,26 @@ def _closed_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_local_search_ignores_a_stale_address_file_and_a_live_cluster(tmp_path):
+def test_a_local_search_beside_a_live_cluster_does_not_attach(cluster, tmp_path):
+    import ray
+    from ray._private import state
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()  # as `ray start` leaves it: the live cluster's address
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(cluster.address)
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        jobs = len(state.jobs())
+        local = _nas("search", str(_spec(tmp_path, "beside", trials=1)), cwd=tmp_path,
+                     env=_env(RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS=cluster.address))
+        assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+        assert len(state.jobs()) == jobs  # no driver of the search joined that cluster
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_local_search_ignores_a_stale_address_file(tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths
     (ray_tmp / "ray").mkdir()
     (ray_tmp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{_closed_port()}")

@@ -68,6 +68,7 @@ def test_each_outcome_is_recorded(outcomes):
     assert list(frame["status"]) == ["complete", "error", "complete", "stopped", "complete",
                                      "infeasible"]
     assert "non-finite training loss nan at epoch 1, step 3" in frame.loc[1, "error"]
+    assert "retrying" not in proc.stdout  # deterministic: not retried (retries default 2)
     assert frame.loc[3, "epochs"] == 1 and frame.loc[0, "epochs"] == 3
     assert frame.loc[5, "error"] == "latency_ms <= 4" and frame.loc[5, "epochs"] == 0
     assert frame.loc[5, "accuracy"] != frame.loc[5, "accuracy"]  # NaN: never trained
