@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--point", type=int, default=0, help="budget point of an adaptive trial "
                     "(0 = its trained knob values; see `nas pareto`)")
     ex.add_argument("--out", required=True, help="new folder to write")
+    ex.add_argument("--format", choices=["pytorch", "onnx"], default="pytorch",
+                    help="onnx: also model.onnx, verified with ONNX Runtime (static trials)")
     _more_commands(sub)
     return p
 
@@ -189,7 +191,11 @@ def _resume_spec(args: argparse.Namespace) -> SearchSpec:
     folder = Path(args.resume)
     if not (folder / SPEC).is_file():
         raise SpecError(f"--resume = {args.resume!r}: not a study folder (no {SPEC})")
-    return specs.load(folder / SPEC, name=folder.name, results_dir=str(folder.parent))
+    spec = specs.load(folder / SPEC, results_dir=str(folder.parent))
+    if spec.name != folder.name:  # the Optuna study in study.db has the spec's name
+        raise SpecError(f"--resume = {args.resume!r}: the folder's study is named "
+                        f"{spec.name!r} (its {SPEC}); give the folder that name back")
+    return spec
 
 
 def _print_front(study_dir: Path, objectives: list[str], where: str | None, style: str,
@@ -267,10 +273,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    out = export_trial(_study(args.results), args.trial, args.out, point=args.point)
+    out = export_trial(_study(args.results), args.trial, args.out, point=args.point,
+                       format=args.format)
     at = f" point {args.point}" if args.point else ""
+    onnx = ", model.onnx (verified with ONNX Runtime)" if args.format == "onnx" else ""
     print(f"exported trial {args.trial}{at} to {out} (config.json, model.safetensors, "
-          f"metrics.json); load with nas.load_exported({str(out)!r})")
+          f"metrics.json{onnx}); load with nas.load_exported({str(out)!r})")
     return 0
 
 

@@ -61,6 +61,8 @@ def start_ray(spec: SearchSpec, log: Path | None = None) -> bool:
         return False
     logging.getLogger("ray").setLevel(logging.WARNING)
     quiet: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if log is not None:
+        _errors_to(log)  # what ray.init itself logs too
     if spec.ray_address:
         ray.init(address=reachable_address(spec.ray_address), **quiet)
     else:
@@ -81,9 +83,8 @@ def _errors_to(log: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for name in ("ray", "ray.tune", "ray.train"):
         logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)
-                    and not isinstance(h, logging.FileHandler)]:
-            logger.removeHandler(old)
+        for old in [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]:
+            logger.removeHandler(old)  # Ray's console handlers, and a file handler of ours
         logger.addHandler(handler)
         logger.propagate = False
 

@@ -32,6 +32,7 @@ from search_spaces.config import ConfigError
 from trainers.data import load_data
 from trainers.loop import NonFiniteLoss, build_optimizer, fit
 from trainers.losses import objective_for
+from trainers.onnx_export import OnnxError
 from trainers.warmstart import InitError, read_init, warm_start
 
 from .candidate import (
@@ -63,7 +64,7 @@ def initial_weights(model: torch.nn.Module, spec: SearchSpec, adaptive: Any) -> 
     return {**init.provenance(), "fresh": fresh}
 
 
-DETERMINISTIC = (NonFiniteLoss, ConfigError, InitError, torch.OutOfMemoryError)
+DETERMINISTIC = (NonFiniteLoss, ConfigError, InitError, OnnxError, torch.OutOfMemoryError)
 
 
 def resume_point(config: dict[str, Any]) -> Progress | None:
@@ -140,7 +141,9 @@ def _train(config: dict[str, Any], spec: SearchSpec, done: list[dict[str, Any]])
                 tune.report({**metrics, **costs, **final},
                             checkpoint=tune.Checkpoint.from_directory(folder))
 
-        if len(done) < spec.train.epochs:
+        if len(done) >= spec.train.epochs:  # trained to the end before its driver died
+            report(done.pop())  # its final report again (budget points, importance)
+        else:
             fit(model, gated, settings, report=report, optimizer=optimizer,
                 start_epoch=len(done),
                 loss_fn=objective_for(adaptive, label_smoothing=spec.train.label_smoothing))
