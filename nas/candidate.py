@@ -63,8 +63,22 @@ class GatedData:
 
 def timed(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
           gate: MeasurementGate, images: torch.Tensor | None = None) -> Latency:
-    """The spec's latency measurement of ``model``, on an otherwise idle device."""
+    """The spec's latency measurement of ``model``, on an otherwise idle device: in eager
+    PyTorch, or (``latency.runtime: onnxruntime``) as its ONNX graph in ONNX Runtime
+    (exported in memory; OnnxError if it cannot be, or computes other logits). Adaptive
+    models, timed on real ``images``, always run in PyTorch: a traced graph would not skip
+    the work their cost counts (the provenance's ``runtime`` says which ran)."""
     lat = spec.latency
+    if lat.runtime == "onnxruntime" and images is None:
+        from trainers.onnx_export import measure_onnx_latency, to_onnx, verify
+        with gate.training_step():  # exporting is work like training: keep it apart
+            graph = to_onnx(model, input_shape)
+            verify(model, graph, torch.randn(2, *input_shape))
+        with gate.measurement():
+            return measure_onnx_latency(
+                graph, input_shape=input_shape, batch_size=lat.batch_size, device=lat.device,
+                threads=lat.threads, warmup=lat.warmup, repeats=lat.repeats,
+                rounds=lat.rounds)
     with gate.measurement():
         return measure_latency(
             model, input_shape=input_shape, batch_size=lat.batch_size, device=lat.device,

@@ -25,7 +25,8 @@ from .plugins import load_plugins
 from .results import TRIALS, load_results, study_spec
 
 CONFIG, WEIGHTS, METRICS = "config.json", "model.safetensors", "metrics.json"
-PROBE = "probe.safetensors"
+PROBE, ONNX = "probe.safetensors", "model.onnx"
+FORMATS = ("pytorch", "onnx")
 FORMAT_VERSION = 1
 TRIAL_FILES = ("candidate.json", "input.json", WEIGHTS, "history.json")
 
@@ -65,15 +66,19 @@ def _probe(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Te
 
 
 def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str, *,
-                 point: int = 0) -> Path:
+                 point: int = 0, format: str = "pytorch") -> Path:
     """Write the trial's architecture, weights and metrics to ``out_dir`` (new or empty).
 
     ``point`` picks a budget point of an adaptive trial: its knob values are written into
     the exported config, so the reloaded model behaves (and costs) as that row says.
+    ``format="onnx"`` adds model.onnx (trainers.onnx_export), verified with ONNX Runtime
+    against the PyTorch logits before anything is written; adaptive trials are refused.
     All or nothing: the files are written to a staging folder beside ``out_dir`` that is
     renamed at the end, and removed if anything fails.
     """
     study_dir, out_dir = Path(study_dir), Path(out_dir)
+    if format not in FORMATS:
+        raise ExportError(f"--format = {format!r}: allowed: {', '.join(FORMATS)}")
     check_out_dir(out_dir)
     row = complete_row(study_dir, trial, point)
     src = trial_folder(study_dir, trial)
@@ -82,13 +87,42 @@ def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str, *,
     candidate.update(json.loads(_jsonable(row.get("knobs")) or "{}"))
     model = build_model(row["space"], candidate, inputs)
     model.load_state_dict(load_file(str(src / WEIGHTS)))
+    graph = onnx_graph(row["space"], candidate, model.eval(), inputs, trial) if (
+        format == "onnx") else None
     metrics = {k: v for k, v in row.items() if k != "config"}
     metrics["history"] = json.loads((src / "history.json").read_text())
     source = {"study": study_dir.name, "trial": trial, "point": point, "key": row["key"],
               **({"init": init} if (init := _init_of(row)) else {})}
     plugins = study_spec(study_dir).get("plugins") or []
     return write_export(out_dir, model, space=row["space"], candidate=candidate,
-                        inputs=inputs, source=source, metrics=metrics, plugins=plugins)
+                        inputs=inputs, source=source, metrics=metrics, plugins=plugins,
+                        onnx=graph)
+
+
+def onnx_graph(space: str, candidate: dict[str, Any], model: torch.nn.Module,
+               inputs: dict[str, Any], trial: int) -> tuple[bytes, dict[str, Any]]:
+    """The trial's verified ONNX graph and what config.json says of it; ExportError for an
+    adaptive trial or a graph that does not compute the model's logits."""
+    from trainers.onnx_export import OnnxError, to_onnx, verify
+
+    fam = search_spaces.get(space)
+    if fam.adaptive(fam.config_from_dict(candidate)) is not None:
+        raise ExportError(f"--format = 'onnx': trial {trial} is adaptive: a traced ONNX graph "
+                          "runs one fixed path (every token, every branch), so it would "
+                          "claim this point's cost while running the full model; use the "
+                          "PyTorch export (the default), which really skips the work")
+    gen = torch.Generator().manual_seed(1)
+    try:
+        graph = to_onnx(model, input_shape(inputs))
+        diffs = [verify(model, graph, torch.randn(b, *input_shape(inputs), generator=gen))
+                 for b in (2, 5)]  # two batch sizes: the batch axis is dynamic
+    except OnnxError as err:
+        raise ExportError(f"--format = 'onnx': trial {trial}: {err}") from None
+    import onnxruntime
+    return graph, {"file": ONNX, "input": "images", "output": "logits",
+                   "exporter": f"torch.onnx (dynamo) {torch.__version__}",
+                   "verified_with": f"onnxruntime {onnxruntime.__version__}",
+                   "max_abs_diff": max(diffs)}
 
 
 def _init_of(row: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +149,8 @@ def check_out_dir(out_dir: Path) -> None:
 
 def write_export(out_dir: Path, model: torch.nn.Module, *, space: str,
                  candidate: dict[str, Any], inputs: dict[str, Any], source: dict[str, Any],
-                 metrics: dict[str, Any], plugins: list[str] | tuple[str, ...] = ()) -> Path:
+                 metrics: dict[str, Any], plugins: list[str] | tuple[str, ...] = (),
+                 onnx: tuple[bytes, dict[str, Any]] | None = None) -> Path:
     """Write an export folder: config.json (space, config, input, ``source``, provenance:
     torch and the ``prov_*`` of ``metrics``), the model's weights, metrics.json and the probe.
 
@@ -126,6 +161,7 @@ def write_export(out_dir: Path, model: torch.nn.Module, *, space: str,
     metrics = {k: _jsonable(v) for k, v in metrics.items()}
     config = {"format": FORMAT_VERSION, "space": space, "config": candidate, "input": inputs,
               "source": source, **({"plugins": list(plugins)} if plugins else {}),
+              **({"onnx": onnx[1]} if onnx else {}),
               "provenance": {"torch": torch.__version__,
                              **{k: v for k, v in metrics.items() if k.startswith("prov_")}}}
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -136,6 +172,8 @@ def write_export(out_dir: Path, model: torch.nn.Module, *, space: str,
         save_file(weights, str(staging / WEIGHTS))
         (staging / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True))
         save_file(_probe(model, inputs), str(staging / PROBE))
+        if onnx is not None:
+            (staging / ONNX).write_bytes(onnx[0])
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)

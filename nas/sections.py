@@ -36,10 +36,15 @@ class LatencySpec:
     warmup: int = 5
     repeats: int = 20
     rounds: int = 3
+    runtime: str = "torch"  # or onnxruntime: static candidates timed as ONNX graphs
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
             fail("latency.device", self.device, "allowed: cpu, cuda")
+        if self.runtime not in ("torch", "onnxruntime"):
+            fail("latency.runtime", self.runtime, "allowed: torch, onnxruntime")
+        if self.runtime == "onnxruntime" and self.dtype != "float32":
+            fail("latency.dtype", self.dtype, "onnxruntime latency is measured in float32")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             fail("latency.dtype", self.dtype, "allowed: float32, bfloat16, float16")
         for name in ("batch_size", "threads", "repeats", "rounds"):

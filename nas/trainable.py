@@ -21,6 +21,7 @@ torchvision compatibility shim, by name.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,22 +80,38 @@ def resume_point(config: dict[str, Any]) -> Progress | None:
         return load_progress(Path(folder))
 
 
-def train_candidate(config: dict[str, Any], *, spec: SearchSpec) -> None:
+Train = Callable[[dict[str, Any], SearchSpec, list[dict[str, Any]]], None]
+
+
+def reporting_failures(train: Train) -> Callable[..., None]:
+    """The Ray trainable ``(config, *, spec)`` running ``train(config, spec, done)``
+    (``done``: the epochs it reported) that reports a deterministic failure as the trial's
+    last result with its reason (``failed``) instead of raising it, so Ray never retries
+    it; anything else raised (a dead worker, say) is Ray's to retry."""
+
+    def trainable(config: dict[str, Any], *, spec: SearchSpec) -> None:
+        done: list[dict[str, Any]] = []
+        try:
+            train(config, spec, done)
+        except DETERMINISTIC as err:
+            reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+            unknown = dict.fromkeys(spec.metric_names, float("nan"))  # Ray wants them
+            tune.report({**unknown, "epoch": len(done), "trial": config["trial"],
+                         "failed": reason})
+
+    trainable.__name__ = trainable.__qualname__ = getattr(train, "__name__", "trainable")
+    trainable.__doc__ = train.__doc__
+    return trainable
+
+
+@reporting_failures
+def train_candidate(config: dict[str, Any], spec: SearchSpec,
+                    done: list[dict[str, Any]]) -> None:
     """Ray Tune function trainable: reports once per epoch and checkpoints the weights.
 
     A candidate whose measured costs already break a constraint is reported once, marked
     ``infeasible``, and not trained. A deterministic failure is reported with its reason.
     """
-    done: list[dict[str, Any]] = []
-    try:
-        _train(config, spec, done)
-    except DETERMINISTIC as err:
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
-        tune.report({"accuracy": 0.0, "epoch": len(done), "trial": config["trial"],
-                     "failed": reason})
-
-
-def _train(config: dict[str, Any], spec: SearchSpec, done: list[dict[str, Any]]) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     load_plugins(spec.plugins)
     space = search_spaces.get(spec.space.name)

@@ -154,6 +154,8 @@ def fit(
     *,
     report: Callable[[dict[str, Any]], bool | None] | None = None,
     loss_fn: LossFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    start_epoch: int = 0,
 ) -> FitResult:
     """Train ``model`` in place on ``data.train``; evaluate on ``data.val`` after each epoch.
 
@@ -161,9 +163,14 @@ def fit(
     0..1), lr, epoch_time_s (training + validation)}; returning True stops training early.
     ``loss_fn(output, target)`` replaces the label-smoothing cross-entropy (e.g. to add the
     auxiliary losses of a dynamic family). Raises :class:`NonFiniteLoss`.
+
+    To resume a run from a checkpoint, give its ``optimizer`` (built by
+    :func:`build_optimizer` for ``model``, its state loaded) and the epochs already done as
+    ``start_epoch``: batch order and learning rates depend only on the epoch and step, so
+    the run continues as if never stopped.
     """
     model.to(settings.device)
-    optimizer = build_optimizer(model, settings)
+    optimizer = optimizer or build_optimizer(model, settings)
     run_epoch = functools.partial(
         _run_epoch, model, data, optimizer, settings=settings,
         loss_fn=loss_fn or cross_entropy(settings.label_smoothing),
@@ -171,7 +178,7 @@ def fit(
     )  # fmt: skip
     history: list[dict[str, Any]] = []
     start, stopped = time.perf_counter(), False
-    for epoch in range(settings.epochs):
+    for epoch in range(start_epoch, settings.epochs):
         history.append(run_epoch(epoch))
         if report is not None and report(dict(history[-1])) is True:
             stopped = True

@@ -14,7 +14,7 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +137,16 @@ def measure_latency(
     x = x.to(device=device, dtype=dtype)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     try:
         with torch.inference_mode():
-            for _ in range(max(warmup, 0)):
-                net(x)
-            times = [[_timed_call(net, x, device) for _ in range(repeats)] for _ in range(rounds)]
+            times = time_calls(lambda: net(x), warmup=warmup, repeats=repeats, rounds=rounds,
+                               sync=sync)
     finally:
         torch.set_num_threads(previous_threads)
     provenance = {
         "device": describe_device(device),
+        "runtime": "torch",
         "torch": torch.__version__,
         "input_shape": list(input_shape),
         "input": "random" if inputs is None else "data",
@@ -153,21 +154,29 @@ def measure_latency(
         "warmup": warmup,
         **counts,
     }
-    return _summarise(times, batch_size=batch_size, provenance=provenance)
+    return summarise(times, batch_size=batch_size, provenance=provenance)
 
 
-def _timed_call(net: nn.Module, x: torch.Tensor, device: torch.device) -> float:
-    """Milliseconds of one forward call; CUDA is synchronised before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    net(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1000.0
+def time_calls(call: Callable[[], Any], *, warmup: int, repeats: int, rounds: int,
+               sync: Callable[[], None] | None = None) -> list[list[float]]:
+    """Milliseconds of ``rounds`` rounds of ``repeats`` timed calls of ``call`` after
+    ``warmup`` untimed ones; ``sync`` (e.g. CUDA's) runs before and after each timed call."""
+    for _ in range(max(warmup, 0)):
+        call()
+
+    def timed() -> float:
+        if sync is not None:
+            sync()
+        start = time.perf_counter()
+        call()
+        if sync is not None:
+            sync()
+        return (time.perf_counter() - start) * 1000.0
+
+    return [[timed() for _ in range(repeats)] for _ in range(rounds)]
 
 
-def _summarise(
+def summarise(
     rounds: list[list[float]], *, batch_size: int, provenance: dict[str, Any]
 ) -> Latency:
     flat = sorted(t for r in rounds for t in r)

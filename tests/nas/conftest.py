@@ -23,6 +23,22 @@ def nas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _export_point(study: Path, trial: int, point: int, out: Path) -> dict:
+    import json
+
+    proc = nas("export", str(study), "--trial", str(trial), "--point", str(point), "--out",
+               str(out), cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "config.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def export_point():
+    """``export_point(study, trial, point, out)``: `nas export` of a budget point (must
+    succeed); returns its config.json."""
+    return _export_point
+
+
 @pytest.fixture(scope="session")
 def run_nas():
     """``run_nas(*args, cwd=...)``: the CLI in a subprocess."""

@@ -86,16 +86,13 @@ def test_pareto_considers_every_budget_point(halting_study, run_nas, tmp_path):
 
 
 def test_export_of_a_budget_point_reloads_with_its_behaviour(halting_study, run_nas,
-                                                             tmp_path):
+                                                             export_point, tmp_path):
     study, _ = halting_study
     frame = load_results(study)
     trial = next(t for t, p in _policies(frame).items() if p == "halting")
     row = frame[(frame["trial"] == trial) & (frame["point"] == POINTS - 1)].iloc[0]
     out = tmp_path / "point"
-    proc = run_nas("export", str(study), "--trial", str(trial), "--point", str(POINTS - 1),
-                   "--out", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    config = json.loads((out / "config.json").read_text())
+    config = export_point(study, trial, POINTS - 1, out)
     assert config["config"]["halt_eps"] == pytest.approx(row["halt_eps"])
     assert config["source"]["point"] == POINTS - 1
     model = nas.load_exported(out)  # verifies the probe logits

@@ -82,7 +82,7 @@ def test_a_search_of_the_toy_family_gives_a_row_per_operating_point(toy_study):
 
 
 @pytest.mark.slow
-def test_pareto_show_and_export_of_a_toy_point(toy_study, run_nas, tmp_path):
+def test_pareto_show_and_export_of_a_toy_point(toy_study, run_nas, export_point, tmp_path):
     study, _ = toy_study
     frame = load_results(study)
     pareto = run_nas("pareto", str(study), "--format", "json", "--where",
@@ -95,10 +95,7 @@ def test_pareto_show_and_export_of_a_toy_point(toy_study, run_nas, tmp_path):
     trial = int(frame.loc[frame["point"] == POINTS - 1, "trial"].iloc[0])
     row = frame[(frame["trial"] == trial) & (frame["point"] == POINTS - 1)].iloc[0]
     out = tmp_path / "point"
-    proc = run_nas("export", str(study), "--trial", str(trial), "--point", str(POINTS - 1),
-                   "--out", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    config = json.loads((out / "config.json").read_text())
+    config = export_point(study, trial, POINTS - 1, out)
     assert config["config"]["exit_confidence"] == pytest.approx(0.5)  # a plain config
     model = nas.load_exported(out)  # verifies the probe's logits
     data = load_data("synthetic", **{k: v for k, v in DATA.items() if k != "name"})

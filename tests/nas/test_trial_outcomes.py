@@ -25,12 +25,14 @@ SCRIPT = textwrap.dedent("""
     from ray import tune
     from nas import spec as specs
     from nas.search import run_search
+    from nas.trainable import reporting_failures
     from trainers.loop import NonFiniteLoss
 
     LATENCY = [1.0, 2.0, 3.0, 0.5, 4.0, 5.0]
     ACCURACY = [0.9, 0.5, 0.92, 0.4, 0.95, 0.99]
 
-    def trainer(config, *, spec):
+    @reporting_failures  # as the real trainer: a deterministic failure is not retried
+    def trainer(config, spec, done):
         n = config["trial"]
         if n == 1:
             raise NonFiniteLoss(epoch=1, step=3, loss=float("nan"))
