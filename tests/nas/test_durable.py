@@ -93,7 +93,7 @@ def _check_agreement(study: Path) -> pd.DataFrame:
     ("mid-trial", "[1/4] trial"),
 ])
 def test_resume_after_the_driver_is_killed(moment, marker, tmp_path):
-    data = {"name": "fashion-mnist", "train_size": 1500, "val_size": 100}  # time to act
+    data = {"name": "fashion-mnist", "train_size": 1000, "val_size": 100}  # time to act
     spec = _spec(tmp_path, "killed", data=data)
     proc, _ = _run_until(spec, marker, tmp_path)
     _kill(proc)

@@ -67,6 +67,15 @@ def test_random_candidates_round_trip_at_any_batch(name, config):
     assert "BatchNormalization" not in ops  # folded
 
 
+def test_the_deit_tiny_preset_round_trips():
+    space = search_spaces.get("vit")
+    model = space.build(space.presets["deit_tiny"], num_classes=1000, in_chans=3).eval()
+    graph = to_onnx(model, (3, 224, 224))
+    gen = torch.Generator().manual_seed(2)
+    for batch in (1, 3):
+        assert verify(model, graph, torch.randn(batch, 3, 224, 224, generator=gen)) <= 1e-4
+
+
 def test_the_efficientvit_m0_preset_exports_with_batchnorm_folded():
     space = search_spaces.get("efficientvit")
     model = _trained_bn(space.build(space.presets["m0"], num_classes=1000, in_chans=3))
