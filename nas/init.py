@@ -13,17 +13,12 @@ tensor (trainers.warmstart.plan).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import search_spaces
 from search_spaces.dims import Dim, Fixed, Replay
 from trainers.warmstart import InitError, plan, read_init
 
 from .sections import InitSpec, SpecError, fail
-
-
-def _describe(dim: Dim) -> Any:
-    return dim.to_spec()
 
 
 def fix_architecture(space: search_spaces.SearchSpace, dims: Mapping[str, Dim],
@@ -39,14 +34,14 @@ def fix_architecture(space: search_spaces.SearchSpace, dims: Mapping[str, Dim],
         given = dims.get(name)
         if given is not None and value not in given.values():
             where = "data.img_size" if name == "img_size" else f"space.dims.{name}"
-            fail(where, _describe(given), f"conflicts with init.weights {init.weights!r}, "
+            fail(where, given.to_spec(), f"conflicts with init.weights {init.weights!r}, "
                  f"whose architecture has {name}={value!r}")
         fixed[name] = Fixed(value)
     names = space.architecture if space.architecture is not None else tuple(space.dims)
     for name in names if weights.export is None else ():  # an export's config says all
         dim = fixed.get(name, space.dims.get(name))
         if name not in arch and dim is not None and len(dim.values()) > 1:
-            fail(f"space.dims.{name}", _describe(dim), f"init.weights {init.weights!r} does "
+            fail(f"space.dims.{name}", dim.to_spec(), f"init.weights {init.weights!r} does "
                  f"not say it (its tensor shapes do not show it): give one value")
     return fixed
 

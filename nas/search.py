@@ -34,6 +34,7 @@ from .results import (
     Printer,
     TableWriter,
     fmt,
+    load_results,
     progress_line,
     store_trial_files,
     trial_rows,
@@ -265,5 +266,4 @@ def _run(spec: SearchSpec, study_dir: Path, state: StudyState, printer: Printer,
 
 def _pruned_already(study_dir: Path) -> bool:
     """Whether the study's table has pruned variants (a resumed search does not add more)."""
-    from .results import load_results
     return bool((load_results(study_dir)["origin"] == "pruned").any())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -38,16 +39,24 @@ class InitError(ValueError):
     """The initial weights cannot be read, or do not fit the candidate."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)  # not slots: cached_property needs the instance dict
 class InitWeights:
-    """Initial weights: the safetensors ``file``, its ``sha256``, its tensor ``shapes`` and,
-    for an export folder, the export's ``config.json`` content (None for a state dict)."""
+    """Initial weights: the safetensors ``file``, its tensor ``shapes`` and, for an export
+    folder, the export's ``config.json`` content (None for a state dict). ``sha256`` is
+    read from the file when first asked for (checking shapes needs no hash)."""
 
     path: Path
     file: Path
-    sha256: str
     shapes: Mapping[str, tuple[int, ...]]
     export: Mapping[str, Any] | None = None
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with self.file.open("rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
 
     def provenance(self) -> dict[str, str]:
         return {"init_weights": str(self.path), "init_sha256": self.sha256}
@@ -68,8 +77,8 @@ class InitWeights:
 
 
 def read_init(path: str | Path) -> InitWeights:
-    """Read the tensor shapes (not the values) and hash of an export folder or a
-    ``.safetensors`` file."""
+    """Read the tensor shapes (not the values) of an export folder or a ``.safetensors``
+    file."""
     path = Path(path).expanduser()
     export = None
     if path.is_dir():
@@ -87,12 +96,7 @@ def read_init(path: str | Path) -> InitWeights:
             shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
     except Exception as err:  # safetensors raises its own error types for a bad file
         raise InitError(f"{str(file)!r} is not a readable safetensors file: {err}") from None
-    digest = hashlib.sha256()
-    with file.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return InitWeights(path=path.resolve(), file=file.resolve(), sha256=digest.hexdigest(),
-                       shapes=shapes, export=export)
+    return InitWeights(path=path.resolve(), file=file.resolve(), shapes=shapes, export=export)
 
 
 def plan(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], *,
