@@ -15,6 +15,7 @@ the parent, interleaved in one process. The point that meets the accuracy goal w
 fewest MACs is also evaluated once on the test split (reported, never used to choose).
 
     python benchmarks/adaptive.py parent [--threads 1]
+    python benchmarks/adaptive.py train [--epochs 3] [--threads 1]   (fine-tune only)
     python benchmarks/adaptive.py variants [--epochs 3] [--threads 1]
     python benchmarks/adaptive.py all
 """
@@ -88,8 +89,10 @@ FINETUNE = FitSettings(epochs=3, batch_size=128, lr=5e-4, warmup_epochs=0.2, cli
                        label_smoothing=0.1)
 HALT_TARGETS = (0.5, 0.67, 0.83)  # target halting depth, as a fraction of the 6 blocks
 HALT_GAMMA, HALT_PRIOR = 10.0, 0.1
+GATED = (("heads+branches+patches", 0.5), ("heads+branches+patches", 0.7),
+         ("heads+patches", 0.7))  # AdaViT gate kinds and their (common) usage target
 POINTS = 8
-LIMITS = {"halt_eps": 0.6}
+LIMITS = {"halt_eps": 0.6}  # the gate thresholds keep their default far end (0.9)
 GOAL_DROP = 0.01  # at most 1 point of validation accuracy below the parent
 
 
@@ -107,25 +110,47 @@ def channel0_quantile(model: torch.nn.Module, data: Data, q: float = 0.99) -> fl
     return float(torch.quantile(torch.cat(values), q))
 
 
-def variant(data: Data, target: float, beta: float,
-            epochs: int) -> tuple[ViTConfig, torch.nn.Module]:
-    """A halting ViT warm-started from the parent and fine-tuned (cached in WORK)."""
+def halting_config(target: float, beta: float) -> ViTConfig:
+    return PARENT.replace(token_policy="halting", halt_gamma=HALT_GAMMA, halt_beta=beta,
+                          halt_target=target, halt_prior=HALT_PRIOR)
+
+
+def gated_config(kinds: str, target: float) -> ViTConfig:
+    return PARENT.replace(token_policy="gating", gate_kinds=kinds, gate_head_target=target,
+                          gate_branch_target=target, gate_patch_target=target)
+
+
+def variant(data: Data, config: ViTConfig, tag: str, epochs: int) -> torch.nn.Module:
+    """An adaptive ViT warm-started from the parent and fine-tuned (cached in WORK)."""
     fam = search_spaces.get("vit")
-    config = PARENT.replace(token_policy="halting", halt_gamma=HALT_GAMMA, halt_beta=beta,
-                            halt_target=target, halt_prior=HALT_PRIOR)
     torch.manual_seed(0)
     model = fam.build(config, num_classes=data.num_classes, in_chans=data.in_chans)
     adaptive = fam.adaptive(config)
     warm_start(model, read_init(PARENT_DIR), adaptive=adaptive)
-    cache = WORK / f"halting-{target:g}-{epochs}ep.safetensors"
+    cache = WORK / f"{tag}-{epochs}ep.safetensors"
     if cache.is_file():
         model.load_state_dict(load_file(str(cache)))
-        return config, model.eval()
+        return model.eval()
     settings = FINETUNE.replace(epochs=epochs)
-    fit(model, data, settings, report=progress(f"halting target {target:g}"),
+    fit(model, data, settings, report=progress(tag),
         loss_fn=objective_for(adaptive, label_smoothing=settings.label_smoothing))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cache))
-    return config, model.eval()
+    return model.eval()
+
+
+def trained_variants(data: Data, beta: float,
+                     epochs: int) -> list[tuple[str, ViTConfig, torch.nn.Module]]:
+    """(row label prefix, config, fine-tuned model) of every variant."""
+    out = []
+    for target in HALT_TARGETS:
+        config = halting_config(target, beta)
+        out.append((f"halting t={target:g}", config,
+                    variant(data, config, f"halting-{target:g}", epochs)))
+    for kinds, target in GATED:
+        config = gated_config(kinds, target)
+        out.append((f"gated {kinds} t={target:g}", config,
+                    variant(data, config, f"gated-{kinds}-{target:g}", epochs)))
+    return out
 
 
 def timings(parent: torch.nn.Module, nets: dict[str, torch.nn.Module], data: Data,
@@ -208,7 +233,7 @@ def goal_lines(best, nets, data, parent, parent_acc, parent_macs) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=["parent", "variants", "all"])
+    parser.add_argument("phase", choices=["parent", "train", "variants", "all"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=FINETUNE.epochs)
     args = parser.parse_args()
@@ -216,6 +241,10 @@ def main() -> None:
     data = load_data(DATA)
     if args.phase in ("parent", "all") and not (PARENT_DIR / "config.json").is_file():
         train_parent(data)
+    if args.phase == "train":  # fine-tune (and cache) the variants only
+        from nas.export import load_exported
+        beta = -HALT_GAMMA * channel0_quantile(load_exported(PARENT_DIR), data)
+        trained_variants(data, round(beta, 2), args.epochs)
     if args.phase in ("variants", "all"):
         torch.set_num_threads(1)  # latency protocol: one thread (training used --threads)
         lines = header("Adaptive variants against their static parent") + variants(

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import header, interleaved, write_table  # noqa: E402
 
 import search_spaces  # noqa: E402  (imports search_spaces._compat first)
-from search_spaces import halting  # noqa: E402
+from search_spaces import halting, ragged  # noqa: E402
 from search_spaces.token_cost import TokenCost  # noqa: E402
 from search_spaces.vit import ViTConfig  # noqa: E402
 from trainers.data import load_data  # noqa: E402
@@ -67,11 +67,11 @@ def trained(device: str) -> tuple[torch.nn.Module, torch.nn.Module, object]:
 
 def with_split(model: torch.nn.Module, pad_split: float):
     def run(x: torch.Tensor) -> object:
-        previous, halting.PAD_SPLIT = halting.PAD_SPLIT, pad_split
+        previous, ragged.PAD_SPLIT = ragged.PAD_SPLIT, pad_split
         try:
             return model(x)
         finally:
-            halting.PAD_SPLIT = previous
+            ragged.PAD_SPLIT = previous
     return run
 
 
@@ -92,7 +92,7 @@ def speed_rows(model, full, data, batches: list[int], repeats: int) -> list[str]
         with torch.inference_mode():
             tokens = model(x).aux["tokens_per_block"]
         kept = float(cost.tokens_cost(tokens).mean()) / cost.full()
-        t = interleaved({"full": full, "removal": with_split(model, halting.PAD_SPLIT),
+        t = interleaved({"full": full, "removal": with_split(model, ragged.PAD_SPLIT),
                          "masked": masked(model), "one": with_split(model, 1.0)}, x,
                         repeats=max(repeats // batch, 10) if batch > 1 else repeats)
         speedup = t["full"] / t["removal"]
@@ -121,7 +121,7 @@ def speed(args: argparse.Namespace) -> list[str]:
              "Median of interleaved calls on the first validation images; `MACs kept` = "
              "MACs executed by the removal path on that batch / full MACs. `masked` is the "
              "training formulation (A-ViT's released code): every token runs every block. "
-             f"Rows are regrouped when padding would exceed {halting.PAD_SPLIT:.0%} of a "
+             f"Rows are regrouped when padding would exceed {ragged.PAD_SPLIT:.0%} of a "
              "group; the last column runs one padded batch instead.", ""]
     return lines + speed_rows(model, full, data, args.batches, args.repeats)
 

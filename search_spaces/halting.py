@@ -19,8 +19,8 @@ Two ways to run the same model, giving the same logits:
   each block the still-running tokens of each image are packed to the front (class token
   first), the batch is cut to the longest image and the rest is a key-padding mask; images
   whose class token halted leave the batch. The rows are then sorted by length and split
-  where a group would carry more than ``PAD_SPLIT`` padding, so a few long images do not make
-  every image pay for their length (results/benchmarks/halting.md has the measurements).
+  where a group would carry more than ``ragged.PAD_SPLIT`` padding (search_spaces/ragged.py,
+  shared with AdaViT's patch gates).
 
 Both return the class token's mean-field output and ``aux`` tensors: ``tokens_per_block``
 (B, L), the tokens each image really runs through each block (0 once its class token halted:
@@ -43,12 +43,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import ragged
 from .adaptive import Adaptive, BudgetKnob, Calibration, Count, LossTerm, ladder
 from .config import check
 from .dims import Choice, Dim, Fixed, TrialLike
 from .token_cost import TokenCost
 
-PAD_SPLIT = 0.25  # split a group of rows when padding would exceed this share of its tokens
 PONDER_AT_12 = 5e-4  # A-ViT's README alpha_p, for 12 blocks
 KNOB = "halt_eps"
 
@@ -190,29 +190,24 @@ class _Group:
     def shrink(self, running: torch.Tensor, going: torch.Tensor, depth: torch.Tensor,
                blocks_run: int) -> list[_Group]:
         """Record the depth of the tokens that leave, drop them and the finished images;
-        pack each row's staying tokens to the front, sort rows by length and split."""
+        pack each row's staying tokens to the front, sort rows by length and split
+        (search_spaces/ragged.py)."""
         stay = going & going[:, :1]  # running on, in an image whose class token runs on
         leave = running & ~stay
         flat = self.image[:, None] * depth.shape[1] + self.token
         depth.view(-1)[flat[leave]] = blocks_run
         if self.x.shape[0] == 1:
             return self._one_row(stay[0])
-        rows = stay[:, 0].nonzero().squeeze(1)
-        if rows.numel() == 0:
-            return []
-        stay = stay[rows]
-        lengths = stay.sum(1)
-        order = torch.argsort(lengths, descending=True, stable=True)
-        rows, stay, lengths = rows[order], stay[order], lengths[order]
-        sizes = lengths.tolist()
-        pos = torch.argsort((~stay).to(torch.int8), dim=1, stable=True)[:, :sizes[0]]
-        r = rows[:, None]
-        packed = _Group(x=self.x[r, pos], state=ActState(self.state.c[r, pos],
-                                                         self.state.remainder[r, pos],
-                                                         self.state.rho[r, pos]),
-                        valid=torch.gather(stay, 1, pos), image=self.image[rows],
-                        token=self.token[r, pos], lengths=lengths)
-        return packed.split(sizes)
+        packing = ragged.pack(stay, stay[:, 0].nonzero().squeeze(1))
+        return [] if packing is None else [self._gather(g) for g in packing.groups()]
+
+    def _gather(self, g: ragged.Group) -> _Group:
+        r, pos = g.rows[:, None], g.pos
+        return _Group(x=self.x[r, pos], valid=g.valid,
+                      state=ActState(self.state.c[r, pos], self.state.remainder[r, pos],
+                                     self.state.rho[r, pos]),
+                      image=self.image[g.rows], token=self.token[r, pos],
+                      lengths=torch.tensor(g.lengths, device=self.x.device))
 
     def _one_row(self, stay: torch.Tensor) -> list[_Group]:
         """A single image: no sorting and no padding, just its staying tokens."""
@@ -224,28 +219,6 @@ class _Group:
                            self.state.c, self.state.remainder, self.state.rho))),
                        image=self.image, token=self.token.index_select(1, pos),
                        lengths=pos.new_full((1,), pos.numel()))]
-
-    def split(self, sizes: list[int]) -> list[_Group]:
-        """Split rows (sorted by length, longest first) where the padding of one group would
-        exceed PAD_SPLIT of its tokens; each part is cut to its own longest row."""
-        parts, start = [], 0
-        for end in range(1, len(sizes) + 1):
-            if end == len(sizes) or _padding(sizes[start:end + 1]) > PAD_SPLIT:
-                parts.append(self._rows(start, end, sizes[start], sizes[end - 1]))
-                start = end
-        return parts
-
-    def _rows(self, start: int, end: int, width: int, shortest: int) -> _Group:
-        s, w = slice(start, end), slice(0, width)
-        return _Group(x=self.x[s, w], valid=None if shortest == width else self.valid[s, w],
-                      state=ActState(self.state.c[s, w], self.state.remainder[s, w],
-                                     self.state.rho[s, w]),
-                      image=self.image[s], token=self.token[s, w], lengths=self.lengths[s])
-
-
-def _padding(sizes: list[int]) -> float:
-    """Share of padding in a group of rows of these lengths (the first is the longest)."""
-    return 1.0 - sum(sizes) / (sizes[0] * len(sizes))
 
 
 # ------------------------------------------------------------ the family's adaptive contract

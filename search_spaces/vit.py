@@ -15,8 +15,11 @@ attention (``attn="cga"``) and the "sandwich" layout (``sandwich=k``: k extra FF
 before each attention, raising the FFN share of the network as EfficientViT found useful).
 Token policies wrap the block loop: ``token_policy="halting"`` is A-ViT's adaptive token
 halting (search_spaces/halting.py); such a model returns ``ModelOutput(logits, aux)`` and runs
-the masked path in training mode and the token-removal path in eval mode. Blocks take
-``forward(x, mask=None)`` and expose their two residual branches (for gating policies).
+the masked path in training mode and the token-removal path in eval mode;
+``token_policy="gating"`` is AdaViT's usage gates for heads, branches and patch tokens
+(search_spaces/gates.py, its contract in search_spaces/gating.py), masked in training and
+really skipping in eval mode. Blocks take ``forward(x, mask=None)`` and expose their two
+residual branches.
 """
 
 from __future__ import annotations
@@ -28,10 +31,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from . import halting
+from . import gates, gating, halting
 from .adaptive import Adaptive
 from .config import Config, ConfigError, check, check_int
 from .dims import Choice, Dim, Fixed, IntRange, TrialLike
+from .gates import BlockGates, GateParams
+from .gating import GateFields
 from .halting import HaltingFields, HaltingParams, forward_masked, forward_removal
 from .layers.attention import ATTENTION_KINDS, build_attention
 from .layers.mlp import Mlp
@@ -40,7 +45,8 @@ from .registry import SearchSpace, register
 from .vit_weights import architecture_of_weights
 
 # token_policy -> its side of the adaptive contract (search_spaces/adaptive.py); None: static
-POLICIES: dict[str, type[Adaptive] | None] = {"static": None, "halting": halting.Halting}
+POLICIES: dict[str, type[Adaptive] | None] = {"static": None, "halting": halting.Halting,
+                                              "gating": gating.Gating}
 TOKEN_POLICIES = tuple(POLICIES)
 LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon
 MAX_TOKENS = 1024  # most patch tokens a search domain may give (attention memory ~ tokens^2)
@@ -106,9 +112,11 @@ class VisionTransformer(nn.Module):
     def __init__(self, *, img_size: int, patch_size: int, in_chans: int, num_classes: int,
                  embed_dim: int, depth: int, num_heads: int, qk_dim: int | None,
                  v_dim: int | None, mlp_ratio: float, attn: str, sandwich: int,
-                 halting: HaltingParams | None = None) -> None:
+                 halting: HaltingParams | None = None,
+                 gating: GateParams | None = None) -> None:
         super().__init__()
         self.halting = halting
+        self.gating = gating
         num_patches = (img_size // patch_size) ** 2
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -120,7 +128,12 @@ class VisionTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
         self.head = nn.Linear(embed_dim, num_classes)
+        if gating is not None:  # block 0 always runs in full: gates from block 1 on
+            self.gates = nn.ModuleList(BlockGates(embed_dim, num_heads, gating.kinds)
+                                       for _ in range(depth - 1))
         init_weights(self)
+        for gate in getattr(self, "gates", ()):
+            gate.reset()
 
     def no_weight_decay(self) -> set[str]:
         """Parameters the optimizer must not decay (as timm's ``VisionTransformer``)."""
@@ -145,7 +158,16 @@ class VisionTransformer(nn.Module):
         return self.forward_head(tokens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | ModelOutput:
-        """Logits; with halting, ``ModelOutput`` (masked path in training, removal in eval)."""
+        """Logits; with a token policy, ``ModelOutput`` (masked path in training, the path
+        that really skips in eval)."""
+        if self.gating is not None:
+            if self.training:
+                tokens, aux = gates.forward_masked(self.blocks, self.gates, self.embed(x),
+                                                   self.gating, noisy=True)
+            else:
+                tokens, aux = gates.forward_skipping(self.blocks, self.gates, self.embed(x),
+                                                     self.gating)
+            return ModelOutput(self.forward_head(tokens), aux)
         if self.halting is None:
             return self.forward_full(x)
         run = forward_masked if self.training else forward_removal
@@ -174,7 +196,7 @@ _INT_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "san
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ViTConfig(Config, HaltingFields):
+class ViTConfig(Config, HaltingFields, GateFields):
     """One isotropic ViT. ``qk_dim``/``v_dim`` are per head; None means embed_dim // num_heads.
     ``num_heads`` must divide ``embed_dim`` unless attn="mhsa" gives both widths explicitly
     (e.g. a head-pruned model, trainers/pruning.py).
@@ -184,8 +206,9 @@ class ViTConfig(Config, HaltingFields):
     sub-blocks before the attention of every block (0 = the standard ViT block); each block
     then has one attention and k + 1 FFNs.
 
-    ``token_policy``: "static" (every token passes every block) or "halting" (A-ViT, with the
-    ``halt_*`` fields of :class:`~search_spaces.halting.HaltingFields`).
+    ``token_policy``: "static" (every token passes every block), "halting" (A-ViT, with the
+    ``halt_*`` fields of :class:`~search_spaces.halting.HaltingFields`) or "gating" (AdaViT,
+    with the ``gate_*`` fields of :class:`~search_spaces.gating.GateFields`; needs depth >= 2).
     """
 
     KIND: ClassVar[str] = "vit"
@@ -212,10 +235,18 @@ class ViTConfig(Config, HaltingFields):
               and self.mlp_ratio > 0, f"`mlp_ratio`={self.mlp_ratio!r} must be a number > 0")
         self._check_relations()
         self._check_halting()
+        self._check_gates()
+        check(self.token_policy != "gating" or self.depth >= 2,
+              f"`depth`={self.depth} must be >= 2 with token_policy='gating' (block 0 runs in "
+              "full, the gates act from block 1 on)")
 
     def halting_params(self) -> HaltingParams | None:
         """The model's halting settings, or None for a static model."""
         return HaltingFields.halting_params(self) if self.token_policy == "halting" else None
+
+    def gating_params(self) -> GateParams | None:
+        """The model's gate settings, or None for an ungated model."""
+        return GateFields.gate_params(self) if self.token_policy == "gating" else None
 
     def _check_relations(self) -> None:
         check(self.img_size % self.patch_size == 0,
@@ -262,11 +293,12 @@ DIMS: dict[str, Dim] = {
     "sandwich": Choice((0, 1)),
     "token_policy": Choice(TOKEN_POLICIES),
     **halting.DIMS,
+    **gating.DIMS,
 }
 # what trained weights fix (warm start): every knob but the token policy and its own knobs
 ARCHITECTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "qk_dim", "v_dim",
                 "mlp_ratio", "attn", "sandwich")
-POLICY_SUGGEST = {"halting": halting.suggest}
+POLICY_SUGGEST = {"halting": halting.suggest, "gating": gating.suggest}
 HALT_KNOBS = tuple(halting.DIMS)  # the halting policy's own knobs
 
 
@@ -283,6 +315,10 @@ def check_dims(dims: Mapping[str, Dim]) -> None:
     _check_divides(merged, "patch_size", "img_size")
     _check_divides(merged, "num_heads", "embed_dim")
     _check_tokens(merged)
+    if "gating" in merged["token_policy"].values() and min(merged["depth"].values()) < 2:
+        raise ConfigError(f"space.dims.depth: {min(merged['depth'].values())} blocks cannot be "
+                          "gated (token_policy 'gating' needs depth >= 2): raise depth or "
+                          "drop 'gating'")
     base = {name: dim.values()[0] for name, dim in merged.items()}
     for name, dim in merged.items():
         for value in dim.values():
@@ -361,7 +397,7 @@ def build(config: ViTConfig, *, num_classes: int, in_chans: int = 3) -> VisionTr
         num_classes=num_classes, embed_dim=config.embed_dim, depth=config.depth,
         num_heads=config.num_heads, qk_dim=config.qk_dim, v_dim=config.v_dim,
         mlp_ratio=config.mlp_ratio, attn=config.attn, sandwich=config.sandwich,
-        halting=config.halting_params(),
+        halting=config.halting_params(), gating=config.gating_params(),
     )
 
 
@@ -375,7 +411,7 @@ register(SearchSpace(
     check_fn=check_dims,
     params_fn=params,
     adaptive_fn=adaptive,
-    budget_knobs=halting.BUDGET_KNOBS,
+    budget_knobs={**halting.BUDGET_KNOBS, **gating.BUDGET_KNOBS},
     architecture=ARCHITECTURE,
     weights_architecture_fn=architecture_of_weights,
     description="Isotropic ViT/DeiT (class token, learned positions) with per-head Q/K and V "

@@ -58,7 +58,9 @@ def _adaptive_words() -> set[str]:
             if dim_name in arch:
                 continue
             words.add(dim_name)
-            words |= {v for v in dim.values() if isinstance(v, str) and v != "static"}
+            strings = {v for v in dim.values() if isinstance(v, str) and v != "static"}
+            if not any("+" in v for v in strings):  # a set-valued dim ("heads+patches")
+                words |= strings  # names parts every ViT has: only its own name is banned
     vit = search_spaces.get("vit")  # aux keys: one small model of each token policy
     for policy in vit.dims["token_policy"].values():
         config = vit.config_cls(img_size=16, patch_size=4, embed_dim=48, depth=2,

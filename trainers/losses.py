@@ -10,6 +10,10 @@ loss pushes tokens to halt early, the distribution prior shapes where they halt 
 over the block index around the target depth). The official code averages the halting
 distribution over ``h[1:]`` of a (batch, tokens) tensor, dropping the first image instead of
 the class token; here the batch mean is taken over every image and token.
+
+AdaViT (PAPERS.md section 3; Meng et al. CVPR 2022) adds usage losses that pull the share of
+heads, branches and patch tokens its gates keep toward targets (:func:`usage_loss`,
+:func:`usage_where_loss`).
 """
 
 from __future__ import annotations
@@ -61,9 +65,27 @@ def depth_prior_loss(distribution: torch.Tensor, *, mean: float, std: float = 1.
     return halting_prior_loss(distribution, target=target, weight=weight)
 
 
+def usage_loss(bits: torch.Tensor, *, target: float, weight: float,
+               power: int = 1) -> torch.Tensor:
+    """``weight * |mean(bits) - target| ** power`` over every entry of ``bits`` (AdaViT's
+    usage losses: power 1 for heads and branches, 2 for patch tokens)."""
+    return weight * (bits.float().mean() - target).abs() ** power
+
+
+def usage_where_loss(bits: torch.Tensor, switches: torch.Tensor, *, index: int,
+                     target: float, weight: float) -> torch.Tensor:
+    """``weight * |mean(bits) - target|``, the mean taken only where ``switches[..., index]``
+    is on: ``bits`` (B, L, H), ``switches`` (B, L, S), e.g. head bits over the blocks whose
+    attention branch is on (the switch is a mask: no gradient flows through it)."""
+    on = (switches[..., index].detach() > 0.5).to(bits.dtype)
+    mean = (bits * on[..., None]).sum() / (on.sum() * bits.shape[-1]).clamp_min(LOG_FLOOR)
+    return weight * (mean - target).abs()
+
+
 # Loss terms by name: what a family's LossTerm.kind names (search_spaces/adaptive.py).
 TermFn = Callable[..., torch.Tensor]
-TERMS: dict[str, TermFn] = {"ponder": ponder_loss, "depth_prior": depth_prior_loss}
+TERMS: dict[str, TermFn] = {"ponder": ponder_loss, "depth_prior": depth_prior_loss,
+                            "usage": usage_loss, "usage_where": usage_where_loss}
 
 
 def register_term(kind: str, fn: TermFn) -> None:

@@ -19,6 +19,13 @@ Both take ``forward(x, mask=None)``. ``mask`` is boolean, True = keep, and is ei
 mask (B, N, N), or a per-head mask (B, heads, N, N). Masked tokens still produce outputs as
 queries; callers decide what to do with them. Every query must keep at least one key (keep
 the class token), otherwise its softmax is undefined.
+
+Head gates (AdaViT, search_spaces/gates.py) use two more entry points: ``forward(x, mask,
+heads)`` scales each head's output by ``heads`` (B, H) before the projection (the masked
+training formulation: every head computed), and ``forward_heads(x, mask, on)`` computes, for
+each head, only the images whose bit in ``on`` (bool (B, H)) is set: that head's Q/K/V rows
+of the projection, its attention and its slice of ``proj`` (a head that is off costs nothing;
+its output is zero, as in the masked formulation). Both give the same result.
 """
 
 from __future__ import annotations
@@ -57,7 +64,8 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(dim, num_heads * (2 * self.qk_dim + self.v_dim))
         self.proj = nn.Linear(num_heads * self.v_dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                heads: torch.Tensor | None = None) -> torch.Tensor:
         b, n, _ = x.shape
         h, qk, v = self.num_heads, self.qk_dim, self.v_dim
         q, k, val = self.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
@@ -65,7 +73,39 @@ class MultiHeadAttention(nn.Module):
         k = k.view(b, n, h, qk).transpose(1, 2)
         val = val.view(b, n, h, v).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, val, attn_mask=sdpa_mask(mask))
+        if heads is not None:
+            out = out * heads[:, :, None, None].to(out.dtype)
         return self.proj(out.transpose(1, 2).reshape(b, n, h * v))
+
+    def head_rows(self, head: int) -> torch.Tensor:
+        """The rows of ``qkv`` that give head ``head``'s query, key and value."""
+        h, qk, v = self.num_heads, self.qk_dim, self.v_dim
+        device = self.qkv.weight.device
+        return torch.cat([torch.arange(head * qk, (head + 1) * qk, device=device),
+                          torch.arange((h + head) * qk, (h + head + 1) * qk, device=device),
+                          torch.arange(2 * h * qk + head * v, 2 * h * qk + (head + 1) * v,
+                                       device=device)])
+
+    def forward_heads(self, x: torch.Tensor, mask: torch.Tensor | None,
+                      on: torch.Tensor) -> torch.Tensor:
+        """Each head computed only for the images whose bit in ``on`` (B, H) is set."""
+        if bool(on.all()):
+            return self.forward(x, mask)
+        b, n, _ = x.shape
+        qk, v = self.qk_dim, self.v_dim
+        out = x.new_zeros(b, n, self.proj.out_features)
+        for head in range(self.num_heads):
+            rows = on[:, head].nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            sel = self.head_rows(head)
+            part = x if rows.numel() == b else x[rows]
+            q, k, val = F.linear(part, self.qkv.weight[sel], self.qkv.bias[sel]).unsqueeze(
+                1).split([qk, qk, v], dim=-1)
+            m = None if mask is None else sdpa_mask(mask if rows.numel() == b else mask[rows])
+            o = F.scaled_dot_product_attention(q, k, val, attn_mask=m).squeeze(1)
+            out.index_add_(0, rows, F.linear(o, self.proj.weight[:, head * v:(head + 1) * v]))
+        return out + self.proj.bias
 
 
 class TokenCascadedGroupAttention(nn.Module):
@@ -83,7 +123,8 @@ class TokenCascadedGroupAttention(nn.Module):
         )
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                heads: torch.Tensor | None = None) -> torch.Tensor:
         m = sdpa_mask(mask)
         chunks = x.chunk(self.num_heads, dim=-1)
         outs: list[torch.Tensor] = []
@@ -91,9 +132,36 @@ class TokenCascadedGroupAttention(nn.Module):
             inp = chunks[i] if i == 0 else chunks[i] + outs[-1]
             q, k, v = qkv(inp).unsqueeze(1).split([self.qk_dim, self.qk_dim, self.split], -1)
             head_mask = m[:, i:i + 1] if m is not None and m.shape[1] > 1 else m
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=head_mask)
-            outs.append(out.squeeze(1))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=head_mask).squeeze(1)
+            if heads is not None:  # an off head gives zero, to the next head and to proj
+                out = out * heads[:, i, None, None].to(out.dtype)
+            outs.append(out)
         return self.proj(torch.cat(outs, dim=-1))
+
+    def forward_heads(self, x: torch.Tensor, mask: torch.Tensor | None,
+                      on: torch.Tensor) -> torch.Tensor:
+        """Each head computed only for the images whose bit in ``on`` (B, H) is set; an off
+        head passes zero down the cascade."""
+        if bool(on.all()):
+            return self.forward(x, mask)
+        b, n, _ = x.shape
+        chunks = x.chunk(self.num_heads, dim=-1)
+        out = x.new_zeros(b, n, self.proj.out_features)
+        previous = None
+        for i, qkv in enumerate(self.qkvs):
+            rows = on[:, i].nonzero().squeeze(1)
+            head = x.new_zeros(b, n, self.split)
+            if rows.numel():
+                inp = chunks[i] if previous is None else chunks[i] + previous
+                q, k, v = qkv(inp[rows]).unsqueeze(1).split(
+                    [self.qk_dim, self.qk_dim, self.split], -1)
+                m = None if mask is None else sdpa_mask(mask[rows])
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=m).squeeze(1)
+                head[rows] = o
+                cols = slice(i * self.split, (i + 1) * self.split)
+                out.index_add_(0, rows, F.linear(o, self.proj.weight[:, cols]))
+            previous = head
+        return out + self.proj.bias
 
 
 def build_attention(kind: str, dim: int, num_heads: int, *, qk_dim: int | None = None,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import search_spaces.halting as halting
+import search_spaces.ragged as ragged
 from search_spaces.config import ConfigError
 from search_spaces.halting import (
     ActState,
@@ -282,7 +282,7 @@ def test_pad_split_grouping_does_not_change_the_logits(attn: str, monkeypatch) -
         block.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
     runs = {}
     for split in (1.0, 0.0):
-        monkeypatch.setattr(halting, "PAD_SPLIT", split)
+        monkeypatch.setattr(ragged, "PAD_SPLIT", split)
         calls.clear()
         runs[split] = (removal(model, x), len(calls))
     (whole, whole_calls), (parts, parts_calls) = runs[1.0], runs[0.0]

@@ -201,7 +201,7 @@ def test_safetensors_round_trip(tmp_path) -> None:
     ({"num_heads": 5}, ["`num_heads`=5", "`embed_dim`=192"]),
     ({"attn": "cga", "v_dim": 32}, ["`v_dim`=32", "64", "cga"]),
     ({"attn": "linear"}, ["`attn`='linear'", "mhsa", "cga"]),
-    ({"token_policy": "gating"}, ["`token_policy`='gating'", "['static', 'halting']"]),
+    ({"token_policy": "pruned"}, ["`token_policy`='pruned'", "['static', 'halting', 'gating']"]),
     ({"depth": 0}, ["`depth`=0", ">= 1"]),
     ({"qk_dim": 0}, ["`qk_dim`=0"]),
     ({"sandwich": -1}, ["`sandwich`=-1", ">= 0"]),

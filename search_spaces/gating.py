@@ -1,0 +1,153 @@
+"""The gated token policy's side of the adaptive contract (AdaViT, search_spaces/gates.py).
+
+:class:`GateFields` are the ``gate_*`` fields a ``vit`` config carries; ``DIMS`` their search
+dimensions (the gate kinds, any non-empty subset, and one usage target per kind);
+:class:`Gating` gives the budget knobs (one threshold per gate kind the model has, laddered up
+from the trained value: a higher threshold turns more off), the cost model
+(search_spaces/gate_cost.py) and AdaViT's usage losses:
+``w |mean(head bits) - t_h| + w |mean(branch bits) - t_b| + w (mean(patch bits) - t_p)^2``,
+w = 2, the head mean taken over the blocks whose attention branch is on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torch import nn
+
+from .adaptive import Adaptive, BudgetKnob, Calibration, Count, LossTerm, ladder
+from .config import check
+from .dims import Choice, Dim, Fixed, TrialLike
+from .gate_cost import GateCost
+from .gates import KINDS, GateParams
+
+# gate kinds -> their config fields: usage target and (budget knob) threshold
+TARGETS = {"heads": "gate_head_target", "branches": "gate_branch_target",
+           "patches": "gate_patch_target"}
+THRESHOLDS = {"heads": "gate_head_threshold", "branches": "gate_branch_threshold",
+              "patches": "gate_patch_threshold"}
+SUBSETS = tuple("+".join(c) for r in (1, 2, 3) for c in itertools.combinations(KINDS, r))
+
+
+def kinds_of(value: str) -> tuple[str, ...]:
+    """``"heads+patches"`` -> ("heads", "patches")."""
+    return tuple(value.split("+"))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GateFields:
+    """The ``gate_*`` fields of a config; they matter only when it is gated.
+
+    ``gate_kinds``: which gates each block from index 1 on has, "+"-joined from heads,
+    branches, patches. Usage targets ``gate_head_target``, ``gate_branch_target``,
+    ``gate_patch_target`` (the fraction of heads, branches and patch tokens to keep; the
+    authors' default 0.5), the usage loss weight ``gate_weight`` (2) and the Gumbel
+    temperature ``gate_tau`` (5). The thresholds ``gate_head_threshold`` (0.5),
+    ``gate_branch_threshold`` (0.5) and ``gate_patch_threshold`` (0.6) are the
+    inference-time knobs: a bit is on when sigmoid(logit) exceeds its threshold.
+    """
+
+    gate_kinds: str = "heads+branches+patches"
+    gate_head_target: float = 0.5
+    gate_branch_target: float = 0.5
+    gate_patch_target: float = 0.5
+    gate_weight: float = 2.0
+    gate_tau: float = 5.0
+    gate_head_threshold: float = 0.5
+    gate_branch_threshold: float = 0.5
+    gate_patch_threshold: float = 0.6
+
+    def _check_gates(self) -> None:
+        check(isinstance(self.gate_kinds, str) and self.gate_kinds in SUBSETS,
+              f"`gate_kinds`={self.gate_kinds!r} must be a non-empty '+'-joined subset of "
+              f"{list(KINDS)} in that order; allowed: {list(SUBSETS)}")
+        numbers = (*TARGETS.values(), *THRESHOLDS.values(), "gate_weight", "gate_tau")
+        for name in numbers:
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and not isinstance(value, bool),
+                  f"`{name}`={value!r} must be a number")
+        for name in (*TARGETS.values(), *THRESHOLDS.values()):
+            check(0 < getattr(self, name) < 1, f"`{name}`={getattr(self, name)} must be in "
+                                               "(0, 1)")
+        check(self.gate_weight >= 0, f"`gate_weight`={self.gate_weight} must be >= 0")
+        check(self.gate_tau > 0, f"`gate_tau`={self.gate_tau} must be > 0")
+
+    def gate_params(self) -> GateParams:
+        return GateParams(kinds=kinds_of(self.gate_kinds), tau=self.gate_tau,
+                          heads=self.gate_head_threshold,
+                          branches=self.gate_branch_threshold,
+                          patches=self.gate_patch_threshold)
+
+
+DIMS: dict[str, Dim] = {
+    "gate_kinds": Choice(SUBSETS),
+    **{name: Choice((0.3, 0.5, 0.7, 0.9)) for name in TARGETS.values()},
+    "gate_weight": Fixed(2.0),
+    "gate_tau": Fixed(5.0),
+    # the thresholds stay trained: budget points move them afterwards
+    **{name: Fixed(value) for name, value in (("gate_head_threshold", 0.5),
+                                              ("gate_branch_threshold", 0.5),
+                                              ("gate_patch_threshold", 0.6))},
+}
+BUDGET_KNOBS = {
+    THRESHOLDS[kind]: BudgetKnob(low=0.0, high=1.0, limit=0.9, description=(
+        f"{kind} gate threshold: a {kind[:-1]} is kept when sigmoid(logit) exceeds it"))
+    for kind in KINDS
+}
+
+
+def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> dict[str, Any]:
+    """The ``gate_*`` fields of a gated candidate: the usage targets of the kinds it has."""
+    kinds = kinds_of(dims["gate_kinds"].suggest(trial, "gate_kinds"))
+    drawn = {"gate_kinds": "+".join(kinds)}
+    for name, dim in dims.items():
+        if name.startswith("gate_") and name != "gate_kinds":
+            kind = next((k for k, f in TARGETS.items() if f == name), None)
+            if kind is None or kind in kinds:
+                drawn[name] = dim.suggest(trial, name)
+    return drawn
+
+
+class Gating(Adaptive):
+    """AdaViT gates of a ``vit`` config (its blocks and the :class:`GateFields`)."""
+
+    added_parameters = ("gates.*",)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return kinds_of(self.config.gate_kinds)
+
+    def knobs(self) -> dict[str, float]:
+        return {THRESHOLDS[k]: getattr(self.config, THRESHOLDS[k]) for k in self.kinds}
+
+    def operating_points(self, points: int, limits: Mapping[str, float],
+                         calibration: Calibration | None = None) -> list[dict[str, float]]:
+        """Every threshold from its trained value (point 0) evenly up to its limit (default
+        0.9): all the model's gates turn more off together."""
+        ladders = {name: ladder(value, limits.get(name, BUDGET_KNOBS[name].limit), points)
+                   for name, value in self.knobs().items()}
+        return [{name: values[i] for name, values in ladders.items()} for i in range(points)]
+
+    def cost_model(self, model: nn.Module, input_shape: Sequence[int],
+                   count: Count) -> GateCost:
+        return GateCost.of(model, input_shape, count, self.kinds)
+
+    def loss_terms(self) -> tuple[LossTerm, ...]:
+        c, w, terms = self.config, self.config.gate_weight, []
+        if "heads" in self.kinds:
+            if "branches" in self.kinds:  # over the blocks whose attention branch is on
+                terms.append(LossTerm("usage_where", ("gate_heads", "gate_branches"), w,
+                                      {"target": c.gate_head_target, "index": 0}))
+            else:
+                terms.append(LossTerm("usage", ("gate_heads",), w,
+                                      {"target": c.gate_head_target, "power": 1}))
+        if "branches" in self.kinds:
+            terms.append(LossTerm("usage", ("gate_branches",), w,
+                                  {"target": c.gate_branch_target, "power": 1}))
+        if "patches" in self.kinds:
+            terms.append(LossTerm("usage", ("gate_patches",), w,
+                                  {"target": c.gate_patch_target, "power": 2}))
+        return tuple(terms)

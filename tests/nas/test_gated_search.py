@@ -1,0 +1,80 @@
+"""A real search over a space that mixes static, halting and gated ViTs
+(configs/vit_adaptive.yaml): gated trials give a row per operating point, and the export of
+a point reloads with the same logits and cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import nas
+from nas.results import load_results
+from search_spaces.vit import ViTConfig
+from trainers.budget import cost_model, evaluate_point
+from trainers.data import load_data
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+POINTS = 3
+SMALL = ["--set", "trials=3", "--set", "sampler.name=random", "--set", "sampler.seed=1",
+         "--set", "data.train_size=300", "--set", "data.val_size=100",
+         "--set", "train.epochs=1", "--set", "train.batch_size=50",
+         "--set", f"budget.points={POINTS}", "--set", "latency.repeats=3",
+         "--set", "latency.rounds=2", "--set", "space.dims.embed_dim=48",
+         "--set", "space.dims.depth=3", "--set", "space.dims.token_policy=gating"]
+
+
+@pytest.fixture(scope="module")
+def gated_study(tmp_path_factory, run_nas):
+    work = tmp_path_factory.mktemp("gating")
+    proc = run_nas("search", str(ROOT / "configs" / "vit_adaptive.yaml"), "--name", "gating",
+                   "--results-dir", str(work), *SMALL, cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work / "gating", proc
+
+
+def _configs(frame):
+    return {t: json.loads(c) for t, c in zip(frame["trial"], frame["config"], strict=True)}
+
+
+def test_gated_trials_give_a_row_per_operating_point(gated_study):
+    study, proc = gated_study
+    frame = load_results(study)
+    configs = _configs(frame)
+    assert {c["token_policy"] for c in configs.values()} == {"gating"}
+    assert len({c["gate_kinds"] for c in configs.values()}) > 1  # the gate kinds are searched
+    assert (frame["status"] == "complete").all()
+    for trial, config in configs.items():
+        rows = frame[frame["trial"] == trial]
+        kinds = config["gate_kinds"].split("+")
+        assert list(rows["point"]) == list(range(POINTS))
+        knobs = [json.loads(k) for k in rows["knobs"]]
+        assert {len(k) for k in knobs} == {len(kinds)}  # one threshold per gate kind
+        assert knobs[-1] == {name: pytest.approx(0.9) for name in knobs[0]}
+        for kind in kinds:
+            assert rows[f"usage_{kind}"].between(0, 1).all()
+        assert (rows["macs"] <= rows["full_macs"] + 1e-6).all()
+        assert rows["macs"].is_monotonic_decreasing  # higher thresholds turn more off
+        assert (rows["latency_ms"] > 0).all() and (rows["prov_input"] == "data").all()
+        assert f"trial {trial}: {POINTS} budget points" in proc.stdout
+
+
+def test_export_of_a_gated_point_reloads_with_its_logits_and_cost(gated_study, export_point,
+                                                                  tmp_path):
+    study, _ = gated_study
+    frame = load_results(study)
+    trial = next(t for t, c in _configs(frame).items() if c["token_policy"] == "gating")
+    row = frame[(frame["trial"] == trial) & (frame["point"] == 1)].iloc[0]
+    out = tmp_path / "point"
+    config = export_point(study, trial, 1, out)
+    for name, value in json.loads(row["knobs"]).items():
+        assert config["config"][name] == pytest.approx(value)
+    model = nas.load_exported(out)  # verifies the probe logits
+    data = load_data("fashion-mnist", train_size=300, val_size=100, seed=0)
+    vit = ViTConfig.from_dict(config["config"])
+    cost = cost_model("vit", vit, model, (1, 28, 28))
+    again = evaluate_point(model, data, cost, batch_size=100)
+    assert again["accuracy"] == pytest.approx(row["accuracy"])
+    assert again["macs"] == pytest.approx(row["macs"])  # same decisions: same cost
