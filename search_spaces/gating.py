@@ -47,7 +47,7 @@ class GateFields:
     authors' default 0.5), the usage loss weight ``gate_weight`` (2) and the Gumbel
     temperature ``gate_tau`` (5). The thresholds ``gate_head_threshold`` (0.5),
     ``gate_branch_threshold`` (0.5) and ``gate_patch_threshold`` (0.6) are the
-    inference-time knobs: a bit is on when sigmoid(logit) exceeds its threshold.
+    inference-time knobs: a bit is on when sigmoid(logit / tau) exceeds its threshold.
     """
 
     gate_kinds: str = "heads+branches+patches"
@@ -92,9 +92,14 @@ DIMS: dict[str, Dim] = {
                                               ("gate_branch_threshold", 0.5),
                                               ("gate_patch_threshold", 0.6))},
 }
+# Default far ends: trained gates' logits / tau sit close to the cut (sigmoid 0.39-0.57
+# for 90% of the heads of a model fine-tuned for 50% usage; patches 0.56-0.64), so a little
+# above the trained thresholds already turns most off (results/benchmarks/adaptive.md).
+LIMITS = {"heads": 0.6, "branches": 0.6, "patches": 0.66}
 BUDGET_KNOBS = {
-    THRESHOLDS[kind]: BudgetKnob(low=0.0, high=1.0, limit=0.9, description=(
-        f"{kind} gate threshold: a {kind[:-1]} is kept when sigmoid(logit) exceeds it"))
+    THRESHOLDS[kind]: BudgetKnob(low=0.0, high=1.0, limit=LIMITS[kind], description=(
+        f"{kind} gate threshold: a {kind[:-1]} is kept when sigmoid(logit / tau) "
+        "exceeds it"))
     for kind in KINDS
 }
 
@@ -125,8 +130,8 @@ class Gating(Adaptive):
 
     def operating_points(self, points: int, limits: Mapping[str, float],
                          calibration: Calibration | None = None) -> list[dict[str, float]]:
-        """Every threshold from its trained value (point 0) evenly up to its limit (default
-        0.9): all the model's gates turn more off together."""
+        """Every threshold from its trained value (point 0) evenly up to its limit (defaults
+        ``LIMITS``): all the model's gates turn more off together."""
         ladders = {name: ladder(value, limits.get(name, BUDGET_KNOBS[name].limit), points)
                    for name, value in self.knobs().items()}
         return [{name: values[i] for name, values in ladders.items()} for i in range(points)]

@@ -11,6 +11,7 @@ import pytest
 
 import nas
 from nas.results import load_results
+from search_spaces.gating import BUDGET_KNOBS
 from search_spaces.vit import ViTConfig
 from trainers.budget import cost_model, evaluate_point
 from trainers.data import load_data
@@ -52,7 +53,7 @@ def test_gated_trials_give_a_row_per_operating_point(gated_study):
         assert list(rows["point"]) == list(range(POINTS))
         knobs = [json.loads(k) for k in rows["knobs"]]
         assert {len(k) for k in knobs} == {len(kinds)}  # one threshold per gate kind
-        assert knobs[-1] == {name: pytest.approx(0.9) for name in knobs[0]}
+        assert knobs[-1] == {name: pytest.approx(BUDGET_KNOBS[name].limit) for name in knobs[0]}
         for kind in kinds:
             assert rows[f"usage_{kind}"].between(0, 1).all()
         assert (rows["macs"] <= rows["full_macs"] + 1e-6).all()
@@ -78,3 +79,17 @@ def test_export_of_a_gated_point_reloads_with_its_logits_and_cost(gated_study, e
     again = evaluate_point(model, data, cost, batch_size=100)
     assert again["accuracy"] == pytest.approx(row["accuracy"])
     assert again["macs"] == pytest.approx(row["macs"])  # same decisions: same cost
+
+
+def test_a_gated_trial_is_pruned_and_keeps_its_gates(gated_study, run_nas, tmp_path):
+    study, _ = gated_study
+    frame = load_results(study)
+    trial = next(t for t, c in _configs(frame).items() if c["token_policy"] == "gating")
+    out = tmp_path / "pruned"
+    proc = run_nas("prune", str(study), "--trial", str(trial), "--keep", "0.5", "--out",
+                   str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    exported = json.loads((out / "config.json").read_text())["config"]
+    assert exported["token_policy"] == "gating"
+    assert exported["gate_kinds"] == _configs(frame)[trial]["gate_kinds"]
+    nas.load_exported(out)  # the pruned gated model reloads with its probe logits

@@ -54,17 +54,17 @@ def test_decisions_match_hand_computed_bits() -> None:
     gate = gates.BlockGates(2, 3, gates.KINDS)
     with torch.no_grad():
         gate.heads.weight.zero_()
-        gate.heads.bias.copy_(torch.tensor([1.0, -1.0, 0.2]))  # sigmoid .73 .27 .55
+        gate.heads.bias.copy_(torch.tensor([4.0, -1.0, 0.2]))  # sigmoid(b / 5): .69 .45 .51
         gate.branches.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
         gate.branches.bias.zero_()
         gate.patches.weight.copy_(torch.tensor([[1.0, 0.0]]))
         gate.patches.bias.zero_()
-    # class token (0.5, -2): attention on (0.5 > 0), FFN off; patches' channel 0: 0.3, 0.5, -1
-    x = torch.tensor([[[0.5, -2.0], [0.3, 9.0], [0.5, 9.0], [-1.0, 9.0]]])
+    # class token (0.5, -2): attention on (0.5 > 0), FFN off; patches' channel 0: 1, 2.5, -1
+    x = torch.tensor([[[0.5, -2.0], [1.0, 9.0], [2.5, 9.0], [-1.0, 9.0]]])
     bits = gates.decide(gate, x, gates.GateParams(), noisy=False)
     assert bits["heads"].tolist() == [[1.0, 0.0, 1.0]]
     assert bits["branches"].tolist() == [[1.0, 0.0]]
-    # patch threshold 0.6: sigmoid(0.3) = .574 (off), sigmoid(0.5) = .622 (on), sigmoid(-1) off
+    # patch threshold 0.6: sigmoid(1 / 5) = .55 (off), sigmoid(2.5 / 5) = .62 (on), -1 off
     assert bits["patches"].tolist() == [[0.0, 1.0, 0.0]]
     higher = gates.decide(gate, x, gates.GateParams(heads=0.6), noisy=False)
     assert higher["heads"].tolist() == [[1.0, 0.0, 0.0]]  # a knob moves without retraining
@@ -248,9 +248,9 @@ def test_knobs_are_the_thresholds_of_the_kinds_present() -> None:
     adaptive = Gating(gated("heads+patches"))
     assert adaptive.knobs() == {"gate_head_threshold": 0.5, "gate_patch_threshold": 0.6}
     points = adaptive.operating_points(3, {"gate_patch_threshold": 0.8})
-    assert points == [{"gate_head_threshold": 0.5, "gate_patch_threshold": 0.6},
-                      {"gate_head_threshold": 0.7, "gate_patch_threshold": 0.7},
-                      {"gate_head_threshold": 0.9, "gate_patch_threshold": 0.8}]
+    assert points == [{"gate_head_threshold": 0.5, "gate_patch_threshold": 0.6},  # trained
+                      {"gate_head_threshold": 0.55, "gate_patch_threshold": 0.7},
+                      {"gate_head_threshold": 0.6, "gate_patch_threshold": 0.8}]  # default
     assert adaptive.with_knobs(points[2]).gate_patch_threshold == 0.8
     assert adaptive.is_added("gates.0.heads.weight") and not adaptive.is_added("blocks.0.x")
 
