@@ -228,8 +228,9 @@ def variants(data: Data, epochs: int) -> list[str]:
              "kept - t)^2 (the kinds a variant has, one target t for all), Gumbel temperature "
              "5, thresholds 0.5 / 0.5 / 0.6 trained (a bit is on when sigmoid(logit / 5) exceeds "
              "its threshold). Operating points: every threshold from its trained value to its "
-             f"default far end (heads, branches 0.6, patches 0.66), {POINTS} points. Skipping path against the masked "
-             f"formulation on 256 validation images: max |logit difference| {skip_diff:.1e}.",
+             f"default far end (heads, branches 0.6, patches 0.66), {POINTS} points. "
+             "Skipping path against the masked formulation on 256 validation images: max "
+             f"|logit difference| {skip_diff:.1e}.",
              "",
              "Latency: median of interleaved calls of the inference path (token removal, "
              "gate skipping) on real validation images, one thread.", "",

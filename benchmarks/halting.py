@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import header, interleaved, write_table  # noqa: E402
 
 import search_spaces  # noqa: E402  (imports search_spaces._compat first)
-from search_spaces import halting, ragged  # noqa: E402
+from search_spaces import halting  # noqa: E402
+from search_spaces.layers import ragged  # noqa: E402
 from search_spaces.token_cost import TokenCost  # noqa: E402
 from search_spaces.vit import ViTConfig  # noqa: E402
 from trainers.data import load_data  # noqa: E402

@@ -27,11 +27,12 @@ Two ways to run the same model, giving the same logits in evaluation:
   computed and multiplied by its bit; a dropped token is no attention key and its branch
   outputs are multiplied by 0 (so it passes the block unchanged).
 - :func:`forward_skipping` (evaluation, export): nothing that is off is computed. Per block
-  the kept tokens of each image are packed (search_spaces/ragged.py, shared with halting) and
-  the block runs on them; the FFN runs only on the images whose FFN bit is set, the attention
-  only on those whose attention bit is set, and each head only on the images that keep it
-  (per-head gathers: one slice of the Q/K/V and output projections per head,
-  results/benchmarks/gates.md measures it against computing every head and masking).
+  the kept tokens of each image are packed (search_spaces/layers/ragged.py, shared with
+  halting) and the block runs on them; the FFN runs only on the images whose FFN bit is
+  set, the attention only on those whose attention bit is set, and each head only on the
+  images that keep it (per-head gathers: one slice of the Q/K/V and output projections per
+  head; results/benchmarks/gates.md measures it against masking and against grouping images
+  by their head pattern).
 
 Both return the final tokens and ``aux``: the bits of each gated block, ``gate_heads``
 (B, L-1, H), ``gate_branches`` (B, L-1, 2) and ``gate_patches`` (B, L-1, N) (patch tokens
@@ -47,7 +48,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from . import ragged
+from .layers import ragged
 
 KINDS = ("heads", "branches", "patches")
 GATE_BIAS = 3.0  # gates start mostly on: fine-tuning starts from the parent's computation

@@ -19,8 +19,8 @@ Two ways to run the same model, giving the same logits:
   each block the still-running tokens of each image are packed to the front (class token
   first), the batch is cut to the longest image and the rest is a key-padding mask; images
   whose class token halted leave the batch. The rows are then sorted by length and split
-  where a group would carry more than ``ragged.PAD_SPLIT`` padding (search_spaces/ragged.py,
-  shared with AdaViT's patch gates).
+  where a group would carry more than ``ragged.PAD_SPLIT`` padding
+  (search_spaces/layers/ragged.py, shared with AdaViT's patch gates).
 
 Both return the class token's mean-field output and ``aux`` tensors: ``tokens_per_block``
 (B, L), the tokens each image really runs through each block (0 once its class token halted:
@@ -43,10 +43,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import ragged
 from .adaptive import Adaptive, BudgetKnob, Calibration, Count, LossTerm, ladder
 from .config import check
 from .dims import Choice, Dim, Fixed, TrialLike
+from .layers import ragged
 from .token_cost import TokenCost
 
 PONDER_AT_12 = 5e-4  # A-ViT's README alpha_p, for 12 blocks
@@ -191,7 +191,7 @@ class _Group:
                blocks_run: int) -> list[_Group]:
         """Record the depth of the tokens that leave, drop them and the finished images;
         pack each row's staying tokens to the front, sort rows by length and split
-        (search_spaces/ragged.py)."""
+        (search_spaces/layers/ragged.py)."""
         stay = going & going[:, :1]  # running on, in an image whose class token runs on
         leave = running & ~stay
         flat = self.image[:, None] * depth.shape[1] + self.token

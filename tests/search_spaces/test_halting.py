@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import search_spaces.ragged as ragged
+import search_spaces.layers.ragged as ragged
 from search_spaces.config import ConfigError
 from search_spaces.halting import (
     ActState,
