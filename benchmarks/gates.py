@@ -65,7 +65,9 @@ def calibrate(model: torch.nn.Module, x: torch.Tensor, usage: float) -> None:
         for kind, value in logits.items():
             cut = torch.quantile(value.flatten(), 1 - usage)
             threshold = getattr(params, kind)
-            getattr(gate, kind).bias.data -= cut - math.log(threshold / (1 - threshold))
+            # on when sigmoid(logit / tau) > threshold: logit > tau * logit(threshold)
+            getattr(gate, kind).bias.data -= cut - params.tau * math.log(
+                threshold / (1 - threshold))
 
 
 def by_pattern(attn: MultiHeadAttention, x: torch.Tensor, mask: torch.Tensor | None,
