@@ -12,6 +12,10 @@ one) and uses only this interface:
   point 0 the trained one. A ladder, or values fitted on held-out model outputs
   (``calibration`` yields them; a ladder ignores it). An operating point is just the config
   with other knob values (``with_knobs``): exporting one writes a plain config.
+- ``calibration_knobs()``: the knob values at which the model's outputs on held-out
+  calibration images let the family fit its points (None, the default: it needs none, and
+  no calibration images are run). The caller builds the model at those values and passes
+  ``calibration``: a callable yielding (model output, labels) of those images, in eval mode.
 - ``cost_model(model, input_shape, count)``: turns what the model reports about a run (its
   ``ModelOutput.aux``) into MACs executed per image; ``count(module, shape)`` is the MACs
   counter (fvcore) the caller injects, so this package needs none.
@@ -103,6 +107,11 @@ class Adaptive(abc.ABC):
     def cost_model(self, model: nn.Module, input_shape: Sequence[int],
                    count: Count) -> CostModel:
         """The per-image cost model of ``model`` (this config's architecture)."""
+
+    def calibration_knobs(self) -> dict[str, float] | None:
+        """Knob values for the calibration outputs ``operating_points`` fits on (None: the
+        family fits nothing on held-out data)."""
+        return None
 
     def loss_terms(self) -> tuple[LossTerm, ...]:
         return ()

@@ -18,7 +18,9 @@ halting (search_spaces/halting.py); such a model returns ``ModelOutput(logits, a
 the masked path in training mode and the token-removal path in eval mode;
 ``token_policy="gating"`` is AdaViT's usage gates for heads, branches and patch tokens
 (search_spaces/gates.py, its contract in search_spaces/gating.py), masked in training and
-really skipping in eval mode. Blocks take ``forward(x, mask=None)`` and expose their two
+really skipping in eval mode; ``token_policy="cascade"`` is DVT's cascade of stages with
+increasing token grids and early exit (search_spaces/dvt.py, its contract in
+search_spaces/cascading.py). Blocks take ``forward(x, mask=None)`` and expose their two
 residual branches.
 """
 
@@ -31,8 +33,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from . import gates, gating, halting
+from . import cascading, gates, gating, halting
 from .adaptive import Adaptive
+from .cascading import CascadeFields
 from .config import Config, ConfigError, check, check_int
 from .dims import Choice, Dim, Fixed, IntRange, TrialLike
 from .gates import BlockGates, GateParams
@@ -46,7 +49,8 @@ from .vit_weights import architecture_of_weights
 
 # token_policy -> its side of the adaptive contract (search_spaces/adaptive.py); None: static
 POLICIES: dict[str, type[Adaptive] | None] = {"static": None, "halting": halting.Halting,
-                                              "gating": gating.Gating}
+                                              "gating": gating.Gating,
+                                              "cascade": cascading.Cascade}
 TOKEN_POLICIES = tuple(POLICIES)
 LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon
 MAX_TOKENS = 1024  # most patch tokens a search domain may give (attention memory ~ tokens^2)
@@ -196,7 +200,7 @@ _INT_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "san
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class ViTConfig(Config, HaltingFields, GateFields):
+class ViTConfig(Config, HaltingFields, GateFields, CascadeFields):
     """One isotropic ViT. ``qk_dim``/``v_dim`` are per head; None means embed_dim // num_heads.
     ``num_heads`` must divide ``embed_dim`` unless attn="mhsa" gives both widths explicitly
     (e.g. a head-pruned model, trainers/pruning.py).
@@ -208,7 +212,9 @@ class ViTConfig(Config, HaltingFields, GateFields):
 
     ``token_policy``: "static" (every token passes every block), "halting" (A-ViT, with the
     ``halt_*`` fields of :class:`~search_spaces.halting.HaltingFields`) or "gating" (AdaViT,
-    with the ``gate_*`` fields of :class:`~search_spaces.gating.GateFields`; needs depth >= 2).
+    with the ``gate_*`` fields of :class:`~search_spaces.gating.GateFields`; needs depth >= 2)
+    or "cascade" (DVT, with the ``cascade_*`` fields of
+    :class:`~search_spaces.cascading.CascadeFields`).
     """
 
     KIND: ClassVar[str] = "vit"
@@ -236,6 +242,7 @@ class ViTConfig(Config, HaltingFields, GateFields):
         self._check_relations()
         self._check_halting()
         self._check_gates()
+        self._check_cascade(self.img_size // self.patch_size, self.token_policy == "cascade")
         check(self.token_policy != "gating" or self.depth >= 2,
               f"`depth`={self.depth} must be >= 2 with token_policy='gating' (block 0 runs in "
               "full, the gates act from block 1 on)")
@@ -294,11 +301,13 @@ DIMS: dict[str, Dim] = {
     "token_policy": Choice(TOKEN_POLICIES),
     **halting.DIMS,
     **gating.DIMS,
+    **cascading.DIMS,
 }
 # what trained weights fix (warm start): every knob but the token policy and its own knobs
 ARCHITECTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "qk_dim", "v_dim",
                 "mlp_ratio", "attn", "sandwich")
-POLICY_SUGGEST = {"halting": halting.suggest, "gating": gating.suggest}
+POLICY_SUGGEST = {"halting": halting.suggest, "gating": gating.suggest,
+                  "cascade": cascading.suggest}
 HALT_KNOBS = tuple(halting.DIMS)  # the halting policy's own knobs
 
 
@@ -315,6 +324,8 @@ def check_dims(dims: Mapping[str, Dim]) -> None:
     _check_divides(merged, "patch_size", "img_size")
     _check_divides(merged, "num_heads", "embed_dim")
     _check_tokens(merged)
+    if "cascade" in merged["token_policy"].values():
+        _check_cascade_grids(merged)
     if "gating" in merged["token_policy"].values() and min(merged["depth"].values()) < 2:
         raise ConfigError(f"space.dims.depth: {min(merged['depth'].values())} blocks cannot be "
                           "gated (token_policy 'gating' needs depth >= 2): raise depth or "
@@ -351,6 +362,20 @@ def _check_tokens(dims: Mapping[str, Dim]) -> None:
             if tokens > MAX_TOKENS:
                 raise ConfigError(f"space.dims: patch_size={patch} at img_size={img} gives "
                                   f"{tokens} tokens (> {MAX_TOKENS}): narrow patch_size")
+
+
+def _check_cascade_grids(dims: Mapping[str, Dim]) -> None:
+    """Every (img_size, patch_size, cascade_scales) draw must give strictly increasing stage
+    grids (call after :func:`_check_divides`)."""
+    for img in dims["img_size"].values():
+        for patch in dims["patch_size"].values():
+            for scales in dims["cascade_scales"].values():
+                try:
+                    ViTConfig(img_size=img, patch_size=patch, token_policy="cascade",
+                              cascade_scales=scales)
+                except ConfigError as err:
+                    raise ConfigError(f"space.dims.cascade_scales: value {scales!r} at "
+                                      f"img_size={img}, patch_size={patch}: {err}") from None
 
 
 # --------------------------------------------------------------------------- suggest, build
@@ -392,13 +417,18 @@ def adaptive(config: ViTConfig) -> Adaptive | None:
 def build(config: ViTConfig, *, num_classes: int, in_chans: int = 3) -> VisionTransformer:
     check(num_classes >= 1, f"`num_classes`={num_classes} must be >= 1")
     check(in_chans >= 1, f"`in_chans`={in_chans} must be >= 1")
-    return VisionTransformer(
+    fields = dict(
         img_size=config.img_size, patch_size=config.patch_size, in_chans=in_chans,
         num_classes=num_classes, embed_dim=config.embed_dim, depth=config.depth,
         num_heads=config.num_heads, qk_dim=config.qk_dim, v_dim=config.v_dim,
         mlp_ratio=config.mlp_ratio, attn=config.attn, sandwich=config.sandwich,
         halting=config.halting_params(), gating=config.gating_params(),
     )
+    if config.token_policy == "cascade":
+        from . import dvt  # the cascade builds on this module's model: imported when used
+        grid = config.img_size // config.patch_size
+        return dvt.CascadeViT(cascade=config.cascade_params(grid), **fields)
+    return VisionTransformer(**fields)
 
 
 register(SearchSpace(
@@ -411,7 +441,7 @@ register(SearchSpace(
     check_fn=check_dims,
     params_fn=params,
     adaptive_fn=adaptive,
-    budget_knobs={**halting.BUDGET_KNOBS, **gating.BUDGET_KNOBS},
+    budget_knobs={**halting.BUDGET_KNOBS, **gating.BUDGET_KNOBS, **cascading.BUDGET_KNOBS},
     architecture=ARCHITECTURE,
     weights_architecture_fn=architecture_of_weights,
     description="Isotropic ViT/DeiT (class token, learned positions) with per-head Q/K and V "

@@ -6,11 +6,14 @@ on the validation split and returns, per point, its knob values, the accuracy, t
 really executed per image (the family's cost model over the run's aux, averaged over the
 split), the family's usage figures and, when asked, the latency of that point's model
 measured on real validation images. Nothing here knows which family it evaluates.
+
+A family that fits its points on held-out outputs (``Adaptive.calibration_knobs``) gets them
+from the data's calibration split (:func:`operating_points`), never from train or val.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -59,6 +62,30 @@ def at_knobs(space: str, config: Config, model: nn.Module, knobs: Mapping[str, A
     return net.to(device).eval()
 
 
+def operating_points(space: str, config: Config, model: nn.Module, data: Data, *,
+                     points: int, limits: Mapping[str, float] | None = None,
+                     batch_size: int = 256) -> list[dict[str, Any]]:
+    """The family's ``points`` operating points of the trained ``model``; a family that asks
+    for calibration outputs gets those of ``model`` at its calibration knobs on the data's
+    calibration split (run when the family reads them)."""
+    adaptive = search_spaces.get(space).adaptive(config)
+    if adaptive is None:
+        raise ValueError(f"{type(config).__name__} is static: it has no budget points")
+    knobs = adaptive.calibration_knobs()
+    calibration = None
+    if knobs is not None:
+        net = at_knobs(space, config, model, knobs, num_classes=data.num_classes,
+                       in_chans=data.in_chans)
+
+        def calibration() -> Iterator[tuple[Any, Any]]:
+            for images, labels in data.calibration_batches(batch_size):
+                with torch.no_grad():
+                    output = net(images)
+                yield output, labels
+
+    return adaptive.operating_points(points, limits or {}, calibration)
+
+
 def evaluate_point(net: nn.Module, data: Data, cost: CostModel, *,
                    batch_size: int) -> dict[str, float]:
     """Validation accuracy and loss, MACs executed per image and the family's usage
@@ -97,7 +124,8 @@ def budget_points(space: str, config: Config, model: nn.Module, data: Data, *,
     if adaptive is None:
         raise ValueError(f"{type(config).__name__} is static: it has no budget points")
     if knobs is None:
-        knobs = adaptive.operating_points(points or 1, limits or {})
+        knobs = operating_points(space, config, model, data, points=points or 1,
+                                 limits=limits, batch_size=batch_size)
     cost = cost or cost_model(space, config, model, data.input_shape)
     rows = []
     for index, values in enumerate(knobs):

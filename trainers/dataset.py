@@ -23,6 +23,7 @@ Samples = list[tuple[str, int]]
 
 NAMES = ("fashion-mnist", "digits", "synthetic", "folder:PATH")
 MAX_DEFAULT_VAL = 5000  # val_size=None takes 10% of the training pool, at most this many
+MAX_DEFAULT_CALIBRATION = 1000  # calibration_size=None: 10% of the pool at most, this many
 SYNTHETIC_DEFAULTS = {"train_size": 512, "val_size": 128, "img_size": 16}
 NATIVE_IMG_SIZE = {"fashion-mnist": 28, "digits": 8, "synthetic": SYNTHETIC_DEFAULTS["img_size"]}
 FOLDER_IMG_SIZE = 224  # folder:PATH default (ImageNet-style trees)
@@ -42,12 +43,20 @@ class DataSettings(Config):
     training pool (at most 5000) / the whole test split (``synthetic``: 512 / 128 / val_size).
     ``in_chans`` and ``num_classes`` apply only to ``synthetic`` (default 3 and 10; other
     datasets fix them); ``num_workers`` only to ``folder:PATH``.
+
+    ``calibration_size``: held-out images of the training pool, disjoint from train and val,
+    on which adaptive families fit what they fit on held-out outputs (e.g. exit
+    thresholds); never trained on, never used for search decisions. None: the images train
+    and val leave over, at most 10% of the pool and 1000 (none when ``train_size`` is None,
+    so that default splits are unchanged); a number: exactly that many (then a
+    ``train_size`` of None leaves them out of train).
     """
 
     name: str
     img_size: int | None = None
     train_size: int | None = None
     val_size: int | None = None
+    calibration_size: int | None = None
     test_size: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -65,7 +74,8 @@ class DataSettings(Config):
             value = getattr(self, field)
             check(value is None or value >= 1, f"`{field}` must be >= 1, got {field}={value}",
                   field=field)
-        for field, low in (("seed", 0), ("num_workers", 0), ("num_classes", 2)):
+        for field, low in (("seed", 0), ("num_workers", 0), ("num_classes", 2),
+                           ("calibration_size", 0)):
             value = getattr(self, field)
             check(value is None or value >= low, f"`{field}` must be >= {low}, got {value}",
                   field=field)
@@ -101,6 +111,7 @@ class Data:
     train: Split
     val: Split
     test: Split | None = None
+    calibration: Split | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -119,6 +130,14 @@ class Data:
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
         return self.val.batches(batch_size, shuffle_seed=None, drop_last=False)
 
+    def calibration_batches(self, batch_size: int) -> Iterator[Batch]:
+        """The calibration split's batches (ValueError naming the setting if it is empty)."""
+        if self.calibration is None:
+            raise ValueError("data.calibration_size: this data has no calibration images "
+                             "(train and val take the whole training pool); set "
+                             "data.calibration_size, or a data.train_size that leaves some")
+        return self.calibration.batches(batch_size, shuffle_seed=None, drop_last=False)
+
     def test_batches(self, batch_size: int) -> Iterator[Batch]:
         if self.test is None:
             name = self.settings.name
@@ -132,6 +151,7 @@ class Data:
             "seed": self.settings.seed,
             "train_size": len(self.train),
             "val_size": len(self.val),
+            "calibration_size": 0 if self.calibration is None else len(self.calibration),
             "test_size": None if self.test is None else len(self.test),
             "img_size": self.img_size,
             "in_chans": self.in_chans,
@@ -169,16 +189,38 @@ def split_indices(
     labels: np.ndarray, *, train_size: int | None, val_size: int | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint, sorted (train, val) indices into the training pool, stratified and seeded."""
+    train, val, _ = carve(labels, train_size=train_size, val_size=val_size,
+                          calibration_size=0, seed=seed)
+    return train, val
+
+
+def carve(
+    labels: np.ndarray, *, train_size: int | None, val_size: int | None,
+    calibration_size: int | None, seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint, sorted (train, val, calibration) indices into the training pool, stratified
+    and seeded: val the first ``val_size`` of a stratified order, train the next, calibration
+    the last (so neither of the others depends on it); sizes as :class:`DataSettings` says."""
     pool = len(labels)
     n_val = val_size if val_size is not None else min(max(pool // 10, 1), MAX_DEFAULT_VAL)
     check(n_val < pool, f"`val_size` must be < the training pool ({pool}), got val_size={n_val}")
-    n_train = train_size if train_size is not None else pool - n_val
+    n_cal = calibration_size or 0
+    n_train = train_size if train_size is not None else pool - n_val - n_cal
     check(
         n_train <= pool - n_val,
         f"`train_size` must be <= training pool - val_size = {pool - n_val}, got {n_train}",
     )
+    left = pool - n_val - n_train
+    if calibration_size is None:
+        n_cal = min(left, max(pool // 10, 1), MAX_DEFAULT_CALIBRATION)
+    check(
+        n_train >= 1 and n_cal <= left,
+        f"`calibration_size` must be <= training pool - val_size - train_size = {left}, "
+        f"got calibration_size={n_cal}", field="calibration_size",
+    )
     order = stratified_order(labels, seed)
-    return np.sort(order[n_val : n_val + n_train]), np.sort(order[:n_val])
+    return (np.sort(order[n_val : n_val + n_train]), np.sort(order[:n_val]),
+            np.sort(order[pool - n_cal :]) if n_cal else np.zeros(0, dtype=np.int64))
 
 
 def subset_indices(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
@@ -241,10 +283,11 @@ class TensorSplit:
 
 def tensor_data(settings: DataSettings, train: Pool, test: Pool, names: tuple[str, ...]) -> Data:
     """Split the training pool, take mean/std from the train split, keep splits on the device."""
-    train_idx, val_idx = split_indices(
+    train_idx, val_idx, cal_idx = carve(
         train.labels.numpy(),
         train_size=settings.train_size,
         val_size=settings.val_size,
+        calibration_size=settings.calibration_size,
         seed=settings.seed,
     )
     device = torch.device(settings.device)
@@ -268,6 +311,7 @@ def tensor_data(settings: DataSettings, train: Pool, test: Pool, names: tuple[st
         settings=settings, num_classes=len(names), in_chans=train.images.shape[1],
         img_size=img_size, mean=tuple(mean.tolist()), std=tuple(std.tolist()), class_names=names,
         train=split(train, train_idx), val=split(train, val_idx), test=test_split,
+        calibration=split(train, cal_idx) if len(cal_idx) else None,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from .dataset import (
     Data,
     DataSettings,
     Samples,
-    split_indices,
+    carve,
     subset_indices,
 )
 
@@ -92,14 +92,17 @@ def folder_data(settings: DataSettings) -> Data:
     """
     root, seed = Path(settings.name.removeprefix("folder:")).expanduser(), settings.seed
     train_all, classes = _scan(root / "train", None)
-    sizes = {"train_size": settings.train_size, "val_size": settings.val_size, "seed": seed}
-    if (root / "val").is_dir():
+    sizes = {"train_size": settings.train_size, "val_size": settings.val_size, "seed": seed,
+             "calibration_size": settings.calibration_size}
+    if (root / "val").is_dir():  # train and calibration from train/, val from val/
         val_all = _scan(root / "val", classes)[0]
-        train_idx = subset_indices(_labels(train_all), settings.train_size, seed)
+        labels = _labels(train_all)
+        n_train = None if settings.train_size is None else min(settings.train_size, len(labels))
+        train_idx, _, cal_idx = carve(labels, **{**sizes, "val_size": 0, "train_size": n_train})
         val_idx = subset_indices(_labels(val_all), settings.val_size, seed)
     else:
         val_all = train_all
-        train_idx, val_idx = split_indices(_labels(train_all), **sizes)
+        train_idx, val_idx, cal_idx = carve(_labels(train_all), **sizes)
     img_size = settings.img_size or FOLDER_IMG_SIZE
     norm = {"mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD}
     eval_tf = create_transform(img_size, is_training=False, **norm)
@@ -121,4 +124,5 @@ def folder_data(settings: DataSettings) -> Data:
         class_names=tuple(sorted(classes, key=classes.__getitem__)),
         train=split(train_all, train_idx, train_tf), val=split(val_all, val_idx, eval_tf),
         test=test,
+        calibration=split(train_all, cal_idx, eval_tf) if len(cal_idx) else None,
     )  # fmt: skip

@@ -14,6 +14,11 @@ the class token; here the batch mean is taken over every image and token.
 AdaViT (PAPERS.md section 3; Meng et al. CVPR 2022) adds usage losses that pull the share of
 heads, branches and patch tokens its gates keep toward targets (:func:`usage_loss`,
 :func:`usage_where_loss`).
+
+DVT (PAPERS.md section 4; Wang et al. NeurIPS 2021) trains its cascade on the sum of the
+stages' cross-entropies with equal weights: the last stage's is the main loss, the earlier
+ones :func:`stage_cross_entropy` (with the training's label smoothing, as every term whose
+kind is in :data:`SMOOTHED`).
 """
 
 from __future__ import annotations
@@ -82,10 +87,21 @@ def usage_where_loss(bits: torch.Tensor, switches: torch.Tensor, *, index: int,
     return weight * (mean - target).abs()
 
 
+def stage_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, weight: float,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
+    """``weight * sum_s CE(logits[:, s], labels)`` over the S stages of ``logits`` (B, S, C)."""
+    b, s, c = logits.shape
+    per_stage = F.cross_entropy(logits.float().reshape(b * s, c), labels.repeat_interleave(s),
+                                label_smoothing=label_smoothing)
+    return weight * s * per_stage  # the mean over B*S entries, times S: the sum over stages
+
+
 # Loss terms by name: what a family's LossTerm.kind names (search_spaces/adaptive.py).
 TermFn = Callable[..., torch.Tensor]
 TERMS: dict[str, TermFn] = {"ponder": ponder_loss, "depth_prior": depth_prior_loss,
-                            "usage": usage_loss, "usage_where": usage_where_loss}
+                            "usage": usage_loss, "usage_where": usage_where_loss,
+                            "stage_cross_entropy": stage_cross_entropy}
+SMOOTHED = {"stage_cross_entropy"}  # terms given the training's label_smoothing
 
 
 def register_term(kind: str, fn: TermFn) -> None:
@@ -96,13 +112,18 @@ def register_term(kind: str, fn: TermFn) -> None:
     TERMS[kind] = fn
 
 
-def term_loss(term: LossTerm, output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
+def term_loss(term: LossTerm, output: ModelOutput, labels: torch.Tensor, *,
+              label_smoothing: float = 0.0) -> torch.Tensor:
     """One auxiliary term of a family's loss: ``TERMS[term.kind]`` on the aux tensors (or
-    the labels) that the term names."""
+    the labels) that the term names (a kind in :data:`SMOOTHED` also gets
+    ``label_smoothing``)."""
     if term.kind not in TERMS:
         raise KeyError(f"loss term {term.kind!r} is not known; known: {sorted(TERMS)}")
     inputs = [labels if name == "labels" else output.aux[name] for name in term.inputs]
-    return TERMS[term.kind](*inputs, weight=term.weight, **dict(term.options))
+    options = dict(term.options)
+    if term.kind in SMOOTHED:
+        options.setdefault("label_smoothing", label_smoothing)
+    return TERMS[term.kind](*inputs, weight=term.weight, **options)
 
 
 def adaptive_objective(terms: Sequence[LossTerm], *, label_smoothing: float = 0.0) -> LossFn:
@@ -114,7 +135,7 @@ def adaptive_objective(terms: Sequence[LossTerm], *, label_smoothing: float = 0.
             raise TypeError("an adaptive objective needs the model's ModelOutput")
         total = F.cross_entropy(output.logits.float(), labels, label_smoothing=label_smoothing)
         for term in terms:
-            total = total + term_loss(term, output, labels)
+            total = total + term_loss(term, output, labels, label_smoothing=label_smoothing)
         return total
 
     return loss

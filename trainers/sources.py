@@ -144,6 +144,7 @@ def synthetic(settings: DataSettings) -> tuple[Pool, Pool, tuple[str, ...]]:
         "img_size": settings.img_size or SYNTHETIC_DEFAULTS["img_size"],
         "seed": settings.seed,
     }
-    train = synthetic_pool(n_train + n_val, stream=1, **options)
+    train = synthetic_pool(n_train + n_val + (settings.calibration_size or 0), stream=1,
+                           **options)
     test = synthetic_pool(settings.test_size or n_val, stream=2, **options)
     return train, test, tuple(f"class{i}" for i in range(num_classes))

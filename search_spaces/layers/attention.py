@@ -26,6 +26,11 @@ training formulation: every head computed), and ``forward_heads(x, mask, on)`` c
 each head, only the images whose bit in ``on`` (bool (B, H)) is set: that head's Q/K/V rows
 of the projection, its attention and its slice of ``proj`` (a head that is off costs nothing;
 its output is zero, as in the masked formulation). Both give the same result.
+
+DVT's relationship reuse (search_spaces/dvt.py) uses ``forward_logits(x, bias)``: the same
+attention unfused, with ``bias`` (B, H, N, N) (or None) added to the pre-softmax logits
+``q k^T / sqrt(qk_dim)``; it returns the output and those logits (bias included). The fused
+path stays the one every other caller runs.
 """
 
 from __future__ import annotations
@@ -52,6 +57,13 @@ def sdpa_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     raise ValueError(f"attention mask must have 2, 3 or 4 dims, got shape {tuple(mask.shape)}")
 
 
+def attention_logits(q: torch.Tensor, k: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """``q k^T / sqrt(d)`` (SDPA's default scale) plus ``bias`` if given."""
+    logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    return logits if bias is None else logits + bias
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention; ``qk_dim``/``v_dim`` are per head (None = dim // heads)."""
 
@@ -76,6 +88,20 @@ class MultiHeadAttention(nn.Module):
         if heads is not None:
             out = out * heads[:, :, None, None].to(out.dtype)
         return self.proj(out.transpose(1, 2).reshape(b, n, h * v))
+
+    def forward_logits(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unfused attention with ``bias`` (B, H, N, N) added before the softmax; returns
+        the output and the pre-softmax logits (B, H, N, N)."""
+        b, n, _ = x.shape
+        h, qk, v = self.num_heads, self.qk_dim, self.v_dim
+        q, k, val = self.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
+        q = q.view(b, n, h, qk).transpose(1, 2)
+        k = k.view(b, n, h, qk).transpose(1, 2)
+        val = val.view(b, n, h, v).transpose(1, 2)
+        logits = attention_logits(q, k, bias)
+        out = logits.softmax(dim=-1) @ val
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * v)), logits
 
     def head_rows(self, head: int) -> torch.Tensor:
         """The rows of ``qkv`` that give head ``head``'s query, key and value."""
@@ -137,6 +163,20 @@ class TokenCascadedGroupAttention(nn.Module):
                 out = out * heads[:, i, None, None].to(out.dtype)
             outs.append(out)
         return self.proj(torch.cat(outs, dim=-1))
+
+    def forward_logits(self, x: torch.Tensor, bias: torch.Tensor | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unfused cascaded attention, head i's logits plus ``bias[:, i]``; returns the
+        output and the pre-softmax logits (B, H, N, N)."""
+        chunks = x.chunk(self.num_heads, dim=-1)
+        outs: list[torch.Tensor] = []
+        logits: list[torch.Tensor] = []
+        for i, qkv in enumerate(self.qkvs):
+            inp = chunks[i] if i == 0 else chunks[i] + outs[-1]
+            q, k, v = qkv(inp).split([self.qk_dim, self.qk_dim, self.split], -1)
+            logits.append(attention_logits(q, k, None if bias is None else bias[:, i]))
+            outs.append(logits[-1].softmax(dim=-1) @ v)
+        return self.proj(torch.cat(outs, dim=-1)), torch.stack(logits, dim=1)
 
     def forward_heads(self, x: torch.Tensor, mask: torch.Tensor | None,
                       on: torch.Tensor) -> torch.Tensor:

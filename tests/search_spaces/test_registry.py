@@ -14,6 +14,7 @@ import torch
 import search_spaces
 from search_spaces.dims import Choice, Dim, Fixed
 from search_spaces.output import logits_of
+from trainers.losses import objective_for
 
 torch.set_num_threads(1)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -39,10 +40,13 @@ def check_trains(space: search_spaces.SearchSpace, config: search_spaces.Config)
     model = space.build(config, num_classes=10, in_chans=1)
     size = config.img_size
     x = torch.randn(2, 1, size, size, generator=torch.Generator().manual_seed(0))
-    logits = logits_of(model(x))
+    out = model(x)
+    logits = logits_of(out)
     assert logits.shape == (2, 10)
     assert torch.isfinite(logits).all()
-    logits.logsumexp(-1).sum().backward()
+    objective = objective_for(config)  # an adaptive family's own terms reach its parts too
+    loss = logits.logsumexp(-1).sum() if objective is None else objective(out, torch.arange(2))
+    loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{space.name}: {pname} got no gradient"
         assert torch.isfinite(p.grad).all(), f"{space.name}: {pname} has non-finite gradient"
