@@ -6,6 +6,11 @@ their data makes them run: before training only their parameters and full MACs a
 and after training they are evaluated at ``budget.points`` operating points
 (trainers.budget); the report carries point 0 (the trained knob values: what Optuna sees),
 its knob values as JSON (``knobs``) and every point as JSON (``points``: one row each).
+
+Latency is measured by a :data:`Timer`: :class:`LocalTimer` (the default) in this process
+through the machine-wide gate, or the study's latency target (nas/latency_target.py,
+``latency.node_resource``); either way the provenance names the host and Ray node that
+measured.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from search_spaces.adaptive import Adaptive, CostModel
 from search_spaces.config import Config
-from trainers.budget import budget_points, cost_model
+from trainers.budget import budget_points, cost_model, operating_points
 from trainers.importance import save_scores, summarize, taylor_importance
 from trainers.measure import Latency, count_macs, count_params, measure_latency
 
@@ -60,6 +66,9 @@ class GatedData:
     def val_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         return self._gated(self._data.val_batches(*args, **kwargs))
 
+    def calibration_batches(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return self._gated(self._data.calibration_batches(*args, **kwargs))
+
 
 def timed(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
           gate: MeasurementGate, images: torch.Tensor | None = None) -> Latency:
@@ -86,6 +95,30 @@ def timed(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...]
             repeats=lat.repeats, rounds=lat.rounds, inputs=images)
 
 
+def placed(latency: Latency, **where: Any) -> Latency:
+    """``latency`` with where it was measured added to its provenance (host, Ray node,
+    ``target``: "trial" or the latency target's resource, ``cache``: hit or miss)."""
+    return dataclasses.replace(latency, provenance={**latency.provenance, **where})
+
+
+# Measures a model (built from the Config given with it; timed on ``images`` if given).
+Timer = Callable[[torch.nn.Module, Config, torch.Tensor | None], Latency]
+
+
+class LocalTimer:
+    """The default :data:`Timer`: measured here, in this process, through the gate.
+    ``node``: the Ray node this process runs on (None outside Ray)."""
+
+    def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], gate: MeasurementGate,
+                 node: str | None = None) -> None:
+        self.spec, self.input_shape, self.gate, self.node = spec, input_shape, gate, node
+
+    def __call__(self, model: torch.nn.Module, config: Config,
+                 images: torch.Tensor | None = None) -> Latency:
+        latency = timed(model, self.spec, self.input_shape, self.gate, images)
+        return placed(latency, host=socket.gethostname(), node=self.node, target="trial")
+
+
 def candidate_cost(spec: SearchSpec, config: Config, model: torch.nn.Module,
                    input_shape: tuple[int, ...], gate: MeasurementGate) -> CostModel:
     """An adaptive model's cost model (it depends on the architecture only: counted once
@@ -95,17 +128,20 @@ def candidate_cost(spec: SearchSpec, config: Config, model: torch.nn.Module,
 
 
 def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
-                  gate: MeasurementGate, *, cost: CostModel | None = None) -> dict[str, Any]:
-    """Params, MACs and latency of ``model``. An adaptive model (given with its ``cost``)
-    gets params and its full MACs only: what it runs (and so its latency) depends on data
-    it has not learnt yet."""
+                  gate: MeasurementGate, *, config: Config, cost: CostModel | None = None,
+                  timer: Timer | None = None) -> dict[str, Any]:
+    """Params, MACs and latency of ``model`` (built from ``config``; timed by ``timer``,
+    default :class:`LocalTimer`). An adaptive model (given with its ``cost``) gets params
+    and its full MACs only: what it runs (and so its latency) depends on data it has not
+    learnt yet."""
     if cost is not None:
         macs = cost.full()
         return {"params": count_params(model), "macs": macs, "full_macs": macs}
     with gate.training_step():  # tracing for MACs is work like training: keep it apart
         macs = count_macs(model, input_shape)
     costs = {"params": count_params(model), "macs": macs, "full_macs": macs}
-    return {**costs, **timed(model, spec, input_shape, gate).metrics()}
+    timer = timer or LocalTimer(spec, input_shape, gate)
+    return {**costs, **timer(model, config, None).metrics()}
 
 
 def broken_cost_constraints(spec: SearchSpec, costs: dict[str, Any], *,
@@ -118,15 +154,20 @@ def broken_cost_constraints(spec: SearchSpec, costs: dict[str, Any], *,
 
 def budget_report(config: Config, adaptive: Adaptive, model: torch.nn.Module, data: Any,
                   gated: Any, spec: SearchSpec, gate: MeasurementGate, cost: CostModel,
-                  points: int | None = None) -> dict[str, Any]:
+                  points: int | None = None, timer: Timer | None = None) -> dict[str, Any]:
     """Point 0's accuracy, costs and knob values (``knobs``, JSON), and every one of the
-    ``points`` (default ``budget.points``) operating points as JSON under ``points``."""
+    ``points`` (default ``budget.points``) operating points as JSON under ``points``; each
+    point's model timed by ``timer`` (default :class:`LocalTimer`) on real images."""
     images = next(iter(data.val_batches(spec.latency.batch_size)))[0]
+    knobs = operating_points(spec.space.name, config, model, gated,
+                             points=points or spec.budget.points, limits=spec.budget.limits,
+                             batch_size=spec.train.eval_batch())
+    timer = timer or LocalTimer(spec, data.input_shape, gate)
+    configs = iter([adaptive.with_knobs(k) for k in knobs])  # budget_points: one per point
 
     def measure(net: torch.nn.Module) -> Latency:
-        return timed(net, spec, data.input_shape, gate, images)
+        return timer(net, next(configs), images)
 
-    knobs = adaptive.operating_points(points or spec.budget.points, spec.budget.limits)
     rows = budget_points(spec.space.name, config, model, gated, knobs=knobs,
                          batch_size=spec.train.eval_batch(), measure=measure, cost=cost)
     first = {k: v for k, v in rows[0].items() if k not in ("point", "knobs")}

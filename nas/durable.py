@@ -33,9 +33,10 @@ import search_spaces
 
 from .results import TableWriter, store_trial_files, trial_rows
 from .sections import SpecError
-from .spec import SearchSpec
+from .spec import METRICS, SearchSpec
 
 LOCK = "driver.lock"
+PER_EPOCH = "per_epoch"  # user attribute: each trained epoch's metrics (nas/searcher.py)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 STATUS = {TrialState.PRUNED: "stopped", TrialState.FAIL: "error"}
 
@@ -91,10 +92,17 @@ def study_state(spec: SearchSpec, storage_url: str) -> StudyState:
                       trials_wanted=spec.trials)
 
 
-def _rows_from_study(spec: SearchSpec, study_dir: Path, trial: FrozenTrial) -> list[dict]:
-    """A finished trial's results rows from what the study recorded of it."""
-    attrs = dict(trial.user_attrs)
-    status = STATUS.get(trial.state, "infeasible" if attrs.get("infeasible") else "complete")
+def _stopped_at(trial: FrozenTrial) -> dict[str, Any] | None:
+    """The last recorded epoch of a trial, if the scheduler stopped the trial there."""
+    epochs = trial.user_attrs.get(PER_EPOCH) or []
+    return epochs[-1] if epochs and epochs[-1].get("stopped") else None
+
+
+def _rows_from_study(spec: SearchSpec, study_dir: Path, trial: FrozenTrial,
+                     attrs: dict[str, Any], status: str | None = None) -> list[dict]:
+    """A finished trial's results rows from what the study recorded of it (``attrs``)."""
+    status = status or STATUS.get(trial.state,
+                                  "infeasible" if attrs.get("infeasible") else "complete")
     candidate = json.loads(attrs["candidate"])
     checkpoint = attrs.get("checkpoint")
     epochs = int(attrs.get("epoch") or 0)
@@ -117,11 +125,21 @@ def reconcile(spec: SearchSpec, study_dir: Path, storage_url: str) -> StudyState
     recorded = {int(r["trial"]) for r in table.rows}
     study = optuna.load_study(study_name=spec.name, storage=storage_url)
     for trial in state.trials:
+        running = trial.state == TrialState.RUNNING
         if trial.state in FINISHED and trial.number not in recorded:
-            table.add(_rows_from_study(spec, study_dir, trial))
-        elif trial.state == TrialState.RUNNING and trial.number in recorded:
+            table.add(_rows_from_study(spec, study_dir, trial, dict(trial.user_attrs)))
+        elif running and trial.number in recorded:
             _tell_from_rows(spec, study, trial, [r for r in table.rows
                                                  if int(r["trial"]) == trial.number])
+        elif running and (last := _stopped_at(trial)) is not None:
+            attrs = {**trial.user_attrs, **last}
+            table.add(_rows_from_study(spec, study_dir, trial, attrs, "stopped"))
+            handle = optuna.Trial(study, trial._trial_id)
+            for name in METRICS:  # as a driver that lived would have recorded them
+                if name in last:
+                    handle.set_user_attr(name, last[name])
+            handle.set_user_attr("epoch", last["epoch"])
+            study.tell(handle, state=TrialState.PRUNED)
     return study_state(spec, storage_url)
 
 

@@ -166,7 +166,7 @@ def measure_variant(config: Config, model: nn.Module, data: Data, spec: SearchSp
     model.cpu().eval()
     with MeasurementGate(gate_name(spec.latency.device)) as gate:
         cost = candidate_cost(spec, config, model, shape, gate) if adaptive else None
-        costs = measure_costs(model, spec, shape, gate, cost=cost)
+        costs = measure_costs(model, spec, shape, gate, config=config, cost=cost)
         gated = GatedData(data, gate, device)
         model.to(device)
         if adaptive is not None:  # point 0 only: its trained knobs, through the budget code

@@ -14,6 +14,8 @@ results/<study>/
   trials/<n>/      the trial's final weights (model.safetensors), candidate.json, history.json,
                    importance.safetensors (Taylor scores; trained trials when enabled)
   ray/             Ray Tune's own experiment folder
+  latency_cache.jsonl  the latency target's measurements (``latency.node_resource``; one
+                   JSON entry a line: key, latency, host, node, when; nas/latency_target.py)
   pareto.png       the front, drawn after the search
 """
 

@@ -5,6 +5,10 @@ study's finished trials stay, the ones left running are run again from their che
 and the sampler draws the rest. Trials whose worker or node dies are retried by Ray from
 their last checkpoint, ``retries`` times (nas/trainable.py reports deterministic failures
 instead of raising them, so those are not retried).
+
+``scheduler``: none, Ray's ASHA (on accuracy), or MO-ASHA (nas/moasha_scheduler.py: on every
+objective, its rungs rebuilt from the study on a resume). ``latency.node_resource``: the
+driver starts the study's latency target before any trial (nas/latency_target.py).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import search_spaces
 from .candidate import PROGRESS
 from .cluster import check_storage, reachable_address, start_ray
 from .durable import StudyState, driver_lock, reconcile, study_state
+from .latency_target import start_target
+from .moasha_scheduler import MOASHAScheduler
 from .results import (
     RAY,
     SPEC,
@@ -39,7 +45,7 @@ from .results import (
     store_trial_files,
     trial_rows,
 )
-from .searcher import StudySearcher, make_searcher, trial_status
+from .searcher import StudySearcher, epoch_history, make_searcher, trial_status
 from .spec import SearchSpec, SpecError, check_data, to_yaml
 from .trainable import train_candidate
 
@@ -74,6 +80,7 @@ class ResultsCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         self.history.setdefault(trial.trial_id, []).append(result)
+        self.searcher.record_epoch(trial.trial_id, result)
         number = trial.config["trial"]
         if result.get("infeasible"):
             self.printer(f"  trial {number} not trained: breaks {result['infeasible']}")
@@ -179,15 +186,26 @@ def prepare_study_dir(spec: SearchSpec, *, auto_name: bool = False) -> SearchSpe
     return spec
 
 
-def _scheduler(spec: SearchSpec) -> Any:
+def _scheduler(spec: SearchSpec, trials: list) -> Any:
+    """Ray's ASHA (on accuracy), MO-ASHA (on every objective; its rungs rebuilt from the
+    study's ``trials`` on a resume) or none. Both count rungs in epochs; a trial that
+    passes the last rung trains to ``train.epochs``."""
+    h = spec.halving
     if spec.scheduler == "asha":
-        return ASHAScheduler(metric="accuracy", mode="max", time_attr="epoch",
-                             max_t=spec.train.epochs, grace_period=1)
+        return ASHAScheduler(metric="accuracy", mode="max", time_attr="epoch", max_t=h.max_t,
+                             grace_period=h.grace_period, reduction_factor=h.reduction_factor,
+                             stop_last_trials=False)
+    if spec.scheduler == "moasha":
+        return MOASHAScheduler([(o.metric, o.direction) for o in spec.objectives],
+                               grace_period=h.grace_period, max_t=h.max_t,
+                               reduction_factor=h.reduction_factor,
+                               history=epoch_history(trials))
     return None
 
 
 def _tuner(spec: SearchSpec, study_dir: Path, printer: Printer,
-           trainable: Callable[..., None], state: StudyState, resume: bool) -> tune.Tuner:
+           trainable: Callable[..., None], state: StudyState, resume: bool,
+           callbacks: list[tune.Callback], time_budget_s: float | None) -> tune.Tuner:
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     searcher = make_searcher(spec, f"sqlite:///{study_dir / STUDY_DB}", orphans=state.orphans,
                              existing=state.trials)
@@ -195,23 +213,30 @@ def _tuner(spec: SearchSpec, study_dir: Path, printer: Printer,
     return tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=_scheduler(spec), num_samples=state.to_start,
-            max_concurrent_trials=spec.concurrent_trials, reuse_actors=True),
+            search_alg=searcher, scheduler=_scheduler(spec, state.trials),
+            num_samples=state.to_start,
+            max_concurrent_trials=spec.concurrent_trials, reuse_actors=True,
+            time_budget_s=time_budget_s),
         run_config=tune.RunConfig(
             name=f"tune-{runs + 1}" if runs else "tune",
             storage_path=spec.storage or str(study_dir / RAY), verbose=0,
-            callbacks=[ResultsCallback(spec, study_dir, printer, searcher, resume=resume)],
+            callbacks=[ResultsCallback(spec, study_dir, printer, searcher, resume=resume),
+                       *callbacks],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=spec.retries)))
 
 
 def run_search(spec: SearchSpec, *, printer: Printer = print, auto_name: bool = False,
-               trainable: Callable[..., None] = train_candidate, resume: bool = False) -> Path:
+               trainable: Callable[..., None] = train_candidate, resume: bool = False,
+               time_budget_s: float | None = None) -> Path:
     """Run the spec's search to the end; returns the study folder (results/<name>).
 
     ``resume``: continue the study in ``spec.study_dir`` (its own spec) whose driver died.
     ``trainable(config, *, spec)`` is the per-trial function (the real trainer by default;
-    the orchestration benchmark passes one that trains nothing). With ``pruning.best`` > 0,
+    the orchestration benchmark passes one that trains nothing). ``time_budget_s``: end the
+    search after this many seconds of trials (the schedulers' benchmark compares them at
+    equal wall time); trials still running then stay RUNNING in the study, as after a dead
+    driver, and ``--resume`` continues them. With ``pruning.best`` > 0,
     pruned variants of the front's best trials are added afterwards (nas/prune.py), in this
     process, once Ray is shut down.
     """
@@ -229,7 +254,7 @@ def run_search(spec: SearchSpec, *, printer: Printer = print, auto_name: bool = 
             printer(f"study {spec.name!r}: all {state.finished} trials finished; nothing "
                     "to run")
         else:
-            _run(spec, study_dir, state, printer, trainable, resume)
+            _run(spec, study_dir, state, printer, trainable, resume, time_budget_s)
     if spec.pruning.best > 0 and not _pruned_already(study_dir):
         from .prune import prune_best
         prune_best(study_dir, spec, printer=printer)
@@ -237,11 +262,13 @@ def run_search(spec: SearchSpec, *, printer: Printer = print, auto_name: bool = 
 
 
 def _run(spec: SearchSpec, study_dir: Path, state: StudyState, printer: Printer,
-         trainable: Callable[..., None], resume: bool) -> None:
-    started_ray = False
+         trainable: Callable[..., None], resume: bool, time_budget_s: float | None) -> None:
+    started_ray, callbacks = False, []
     try:
         started_ray = start_ray(spec, log=study_dir / RAY_ERRORS)
         check_storage(spec)
+        if spec.latency.node_resource:
+            callbacks.append(start_target(spec, study_dir))
     except Exception as err:  # nothing ran: leave no half-made study behind
         if started_ray:
             ray.shutdown()
@@ -252,7 +279,8 @@ def _run(spec: SearchSpec, study_dir: Path, state: StudyState, printer: Printer,
         raise SpecError(f"ray_address = {spec.ray_address!r}: could not start or reach Ray "
                         f"({type(err).__name__}: {err})") from None
     try:
-        tuner = _tuner(spec, study_dir, printer, trainable, state, resume)
+        tuner = _tuner(spec, study_dir, printer, trainable, state, resume, callbacks,
+                       time_budget_s)
         again = (f"; resuming: {state.finished} finished, {len(state.orphans)} to run "
                  "again from their checkpoints") if resume else ""
         printer(f"search {spec.name!r}: {spec.trials} trials of space {spec.space.name!r}, "

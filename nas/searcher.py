@@ -12,6 +12,12 @@ the last checkpoint the driver recorded for them (``resume_from``); the sampler 
 the rest. The driver records each trial's latest checkpoint as the user attribute
 ``checkpoint`` (:meth:`StudySearcher.record_checkpoint`), and the candidate as ``candidate``.
 
+Per-epoch results: the driver records every trained epoch's reported metrics in the study
+(:meth:`StudySearcher.record_epoch`: the user attribute ``per_epoch``, a list of {"epoch": e,
+metric: value, "stopped": true where the scheduler stopped the trial}), from which a
+resumed ``scheduler: moasha`` rebuilds its rungs (:func:`epoch_history`; Optuna keeps no
+intermediate values of a multi-objective trial, and Ray never saves a scheduler's state).
+
 Guidance (``spec.guidance``): once ``after`` trials have completed, the searcher enqueues up to
 ``proposals`` importance-guided configs (nas/guidance.py) into the study, once; Optuna's
 ``ask`` hands out enqueued trials first, so the next trials Ray asks for are those, each
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -32,6 +39,7 @@ from ray.tune.search.optuna import OptunaSearch
 import search_spaces
 from search_spaces.dims import Dim
 
+from .durable import PER_EPOCH
 from .guidance import propose, study_rows
 from .spec import METRICS, Constraint, SearchSpec
 
@@ -107,12 +115,14 @@ class StudySearcher(OptunaSearch):
         self._complete = complete
         self._guided = guided
         self._orphans = list(orphans)
+        self._per_epoch: dict[str, list[dict[str, Any]]] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if not self._orphans or trial_id in self._ot_trials:
             return super().suggest(trial_id)
         frozen = self._orphans.pop(0)  # a trial its dead driver left running: run it again
         self._ot_trials[trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
+        self._per_epoch[trial_id] = list(frozen.user_attrs.get(PER_EPOCH, []))
         space = search_spaces.get(self._spec.space.name)
         candidate = space.from_params(frozen.params, self._spec.space.dims)
         return {"candidate": candidate.to_dict(), "trial": frozen.number,
@@ -124,6 +134,28 @@ class StudySearcher(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and trial_id not in self._completed_trials:
             ot_trial.set_user_attr("checkpoint", path)
+
+    def record_epoch(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Note a trained epoch's reported metrics in the study (``per_epoch``), marked
+        ``stopped`` when the scheduler stopped the trial there: Ray marks such a result done
+        before the driver's callbacks see it, and the stop is told to Optuna only later, so
+        a resume learns of a stop its dead driver decided from this record alone. An epoch
+        recorded already (trained again after a resume) keeps its first record: the one its
+        rung judged."""
+        ot_trial = self._ot_trials.get(trial_id)
+        epoch = result.get("epoch")
+        if (ot_trial is None or trial_id in self._completed_trials or not epoch
+                or result.get("failed") or result.get("infeasible")):
+            return
+        earlier = self._per_epoch.setdefault(trial_id, [])
+        if any(e["epoch"] == epoch for e in earlier):
+            return  # an epoch run again after a resume: its rung judged the first result
+        entry = {"epoch": int(epoch), **{m: float(result[m]) for m in METRICS
+                                         if isinstance(result.get(m), numbers.Real)}}
+        if result.get("done") and entry["epoch"] < self._spec.train.epochs:
+            entry["stopped"] = True
+        earlier.append(entry)
+        ot_trial.set_user_attr(PER_EPOCH, earlier)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                           error: bool = False) -> None:
@@ -167,6 +199,12 @@ class StudySearcher(OptunaSearch):
         origins = ", ".join(origin.removeprefix("proposal:") for _, origin in proposals)
         log.warning(f"guidance: after {self._complete} complete trials, enqueued "
                     f"{len(proposals)} proposals{why}{': ' if origins else ''}{origins}")
+
+
+def epoch_history(trials: Sequence[FrozenTrial]) -> list[tuple[int, int, dict[str, Any]]]:
+    """(trial number, epoch, metrics) of every per-epoch result the study holds."""
+    return [(t.number, int(e["epoch"]), e)
+            for t in trials for e in t.user_attrs.get(PER_EPOCH, [])]
 
 
 def make_searcher(spec: SearchSpec, storage_url: str, *, orphans: Sequence[FrozenTrial] = (),

@@ -17,6 +17,7 @@ from search_spaces.config import ConfigError
 # Keys of the trainers' settings that a trial decides for itself, not the spec.
 PER_TRIAL = {"data": ("device", "load_test"), "train": ("device",)}
 _SECTION_DEFAULTS = {"data": {"name": "fashion-mnist"}}
+RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")  # not custom resources
 
 
 class SpecError(ValueError):
@@ -29,6 +30,10 @@ def fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LatencySpec:
+    """How latency is measured. ``node_resource``: a custom Ray resource that one node
+    offers; every measurement of the study then runs there, one at a time, in one actor
+    (nas/latency_target.py). None: each trial measures its own candidate."""
+
     device: str = "cpu"
     batch_size: int = 16
     threads: int = 1
@@ -37,8 +42,13 @@ class LatencySpec:
     repeats: int = 20
     rounds: int = 3
     runtime: str = "torch"  # or onnxruntime: static candidates timed as ONNX graphs
+    node_resource: str | None = None
 
     def __post_init__(self) -> None:
+        if self.node_resource is not None and (
+                not self.node_resource.strip() or self.node_resource in RAY_RESOURCES):
+            fail("latency.node_resource", self.node_resource, "must name a custom resource "
+                 "that one node offers (ray start --resources='{\"NAME\": 1}')")
         if self.device not in ("cpu", "cuda"):
             fail("latency.device", self.device, "allowed: cpu, cuda")
         if self.runtime not in ("torch", "onnxruntime"):
@@ -118,6 +128,34 @@ class GuidanceSpec:
     def __post_init__(self) -> None:
         at_least("guidance.proposals", self.proposals, 0)
         at_least("guidance.after", self.after, 1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HalvingSpec:
+    """Successive halving of ``scheduler: asha`` and ``moasha``: trials are compared at
+    epochs ``grace_period * reduction_factor**k`` up to ``max_t`` (None: ``train.epochs``,
+    filled in by the spec, which also checks both against ``train.epochs``); about
+    ``1/reduction_factor`` of the trials reaching a rung continue."""
+
+    reduction_factor: int = 3
+    grace_period: int = 1
+    max_t: int | None = None
+
+    def __post_init__(self) -> None:
+        at_least("halving.reduction_factor", self.reduction_factor, 2)
+        at_least("halving.grace_period", self.grace_period, 1)
+        if self.max_t is not None and self.max_t < self.grace_period:
+            fail("halving.max_t", self.max_t,
+                 f"must be >= halving.grace_period ({self.grace_period})")
+
+    def resolved(self, epochs: int) -> HalvingSpec:
+        """With ``max_t`` filled in, checked against the trials' ``epochs``."""
+        if self.grace_period > epochs:
+            fail("halving.grace_period", self.grace_period,
+                 f"must be <= train.epochs ({epochs}): no rung would be reached")
+        if self.max_t is not None and self.max_t > epochs:
+            fail("halving.max_t", self.max_t, f"must be <= train.epochs ({epochs})")
+        return dataclasses.replace(self, max_t=self.max_t or epochs)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,7 @@ from .sections import (
     PER_TRIAL,
     BudgetSpec,
     GuidanceSpec,
+    HalvingSpec,
     ImportanceSpec,
     InitSpec,
     LatencySpec,
@@ -103,6 +104,7 @@ class SearchSpec:
     pruning: PruningSpec = dataclasses.field(default_factory=PruningSpec)
     guidance: GuidanceSpec = dataclasses.field(default_factory=GuidanceSpec)
     init: InitSpec = dataclasses.field(default_factory=InitSpec)
+    halving: HalvingSpec = dataclasses.field(default_factory=HalvingSpec)
     trials: int = 8
     concurrent_trials: int = 1
     scheduler: str = "none"
@@ -129,17 +131,18 @@ class SearchSpec:
 # ---------------------------------------------------------------- parsing raw YAML values
 
 _TOP = {"name", "space", "data", "train", "objectives", "constraints", "sampler", "latency",
-        "resources", "budget", "importance", "pruning", "guidance", "init", "trials",
-        "concurrent_trials", "scheduler", "results_dir", "ray_address", "storage", "plugins",
-        "retries"}
+        "resources", "budget", "importance", "pruning", "guidance", "init", "halving",
+        "trials", "concurrent_trials", "scheduler", "results_dir", "ray_address", "storage",
+        "plugins", "retries"}
 _SECTIONS = {"data": DataSettings, "train": FitSettings, "sampler": SamplerSpec,
              "latency": LatencySpec, "resources": ResourcesSpec, "budget": BudgetSpec,
              "importance": ImportanceSpec, "pruning": PruningSpec, "guidance": GuidanceSpec,
-             "init": InitSpec}
+             "init": InitSpec, "halving": HalvingSpec}
 _SCALARS = {"trials": int, "concurrent_trials": int, "scheduler": str, "results_dir": str,
             "ray_address": str | None, "storage": str | None,  # top-level values
             "plugins": tuple[str, ...], "retries": int}
 DEFAULT_OBJECTIVES = ("accuracy:max", "latency_ms:min")
+SCHEDULERS = ("none", "asha", "moasha")  # moasha ranks on every objective (nas/moasha.py)
 _CONSTRAINT = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -244,6 +247,27 @@ def _check_budget(space: SpaceSpec, budget: BudgetSpec) -> None:
                  f"{trained})")
 
 
+def _check_scheduler(scheduler: str, objectives: tuple[Objective, ...]) -> bool:
+    """Whether the spec's scheduler stops trials early (and so reads ``halving``)."""
+    if scheduler not in SCHEDULERS:
+        fail("scheduler", scheduler, f"allowed: {', '.join(SCHEDULERS)}")
+    if scheduler != "none" and "accuracy" not in [o.metric for o in objectives]:
+        fail("scheduler", scheduler, "needs accuracy among the objectives (the costs do not "
+                                     "change with training: rungs would rank on them alone)")
+    return scheduler != "none"
+
+
+def _check_latency(sections: Mapping[str, Any]) -> None:
+    latency = sections["latency"]
+    if latency.device == "cuda" and sections["resources"].gpus <= 0 and not (
+            latency.node_resource):  # a latency target holds a GPU of its own
+        fail("latency.device", "cuda", "needs resources.gpus > 0 (or latency.node_resource)")
+    if latency.node_resource and sections["pruning"].best > 0:
+        fail("pruning.best", sections["pruning"].best, "cannot be used with "
+             "latency.node_resource: pruned variants are measured in the driver, after the "
+             "search, not on the latency target")
+
+
 def _check_needs_importance(sections: Mapping[str, Any]) -> None:
     """Guided proposals and pruning read the trials' importance scores."""
     if sections["importance"].batches > 0:
@@ -277,13 +301,10 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     at_least("trials", top.get("trials", 8), 1)
     at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
     at_least("retries", top.get("retries", 0), 0)
-    if top.get("scheduler", "none") not in ("none", "asha"):
-        fail("scheduler", top["scheduler"], "allowed: none, asha")
     objectives = parse_objectives(raw.get("objectives") or DEFAULT_OBJECTIVES)
-    if top.get("scheduler") == "asha" and "accuracy" not in [o.metric for o in objectives]:
-        fail("scheduler", "asha", "needs accuracy among the objectives (it stops on accuracy)")
-    if sections["latency"].device == "cuda" and sections["resources"].gpus <= 0:
-        fail("latency.device", "cuda", "needs resources.gpus > 0")
+    if _check_scheduler(top.get("scheduler", "none"), objectives):
+        sections["halving"] = sections["halving"].resolved(sections["train"].epochs)
+    _check_latency(sections)
     _check_needs_importance(sections)
     data = sections["data"]
     space = _space(raw.get("space", "efficientvit"), data.img_size or native_img_size(data.name),

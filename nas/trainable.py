@@ -12,7 +12,8 @@ With a spec ``init`` the candidate starts from those weights (trainers.warmstart
 starts fresh is listed in trials/<n>/init.json and in the worker's log). After the last
 epoch every trained candidate is scored by Taylor importance (trainers.importance): the full
 scores go into the final checkpoint (trials/<n>/) and the compact summary (``imp_*`` keys)
-into the final report.
+into the final report. Latency is measured by the trial itself (through the gate) or, with
+``latency.node_resource``, by the study's latency target (nas/latency_target.py).
 
 It lives in a package module (not a script) so that Ray workers import it, and with it the
 torchvision compatibility shim, by name.
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -38,7 +40,9 @@ from trainers.warmstart import InitError, read_init, warm_start
 
 from .candidate import (
     GatedData,
+    LocalTimer,
     Progress,
+    Timer,
     broken_cost_constraints,
     budget_report,
     candidate_cost,
@@ -50,8 +54,18 @@ from .candidate import (
     trial_device,
 )
 from .gate import MeasurementGate, gate_name
+from .latency_target import RemoteTimer
 from .plugins import load_plugins
 from .spec import SearchSpec
+
+
+def latency_timer(spec: SearchSpec, input_shape: tuple[int, ...],
+                  gate: MeasurementGate) -> Timer:
+    """Who measures this trial's latencies: the study's latency target
+    (``latency.node_resource``), or this trial through the gate, naming its Ray node."""
+    if spec.latency.node_resource:
+        return RemoteTimer(spec, input_shape)
+    return LocalTimer(spec, input_shape, gate, node=ray.get_runtime_context().get_node_id())
 
 
 def initial_weights(model: torch.nn.Module, spec: SearchSpec, adaptive: Any) -> dict[str, Any]:
@@ -127,9 +141,11 @@ def train_candidate(config: dict[str, Any], spec: SearchSpec,
             model = space.build(candidate, num_classes=data.num_classes,
                                 in_chans=data.in_chans)
             init = initial_weights(model, spec, adaptive)
+        timer = latency_timer(spec, shape, gate)
         cost = candidate_cost(spec, candidate, model, shape, gate) if adaptive else None
-        costs = {**measure_costs(model, spec, shape, gate, cost=cost), "trial": config["trial"],
-                 **{k: v for k, v in init.items() if k != "fresh"}}
+        costs = {**measure_costs(model, spec, shape, gate, config=candidate, cost=cost,
+                                 timer=timer),
+                 "trial": config["trial"], **{k: v for k, v in init.items() if k != "fresh"}}
         broken = broken_cost_constraints(spec, costs, adaptive=adaptive is not None)
         if broken:
             tune.report({**costs, "accuracy": 0.0, "epoch": 0,
@@ -149,7 +165,7 @@ def train_candidate(config: dict[str, Any], spec: SearchSpec,
             done.append(metrics)
             last = metrics["epoch"] == spec.train.epochs
             final = budget_report(candidate, adaptive, model, data, gated, spec, gate,
-                                  cost) if (adaptive and last) else {}
+                                  cost, timer=timer) if (adaptive and last) else {}
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), model, config["candidate"], input_info(data),
                                 init, optimizer=optimizer, history=done)

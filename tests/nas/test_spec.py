@@ -101,6 +101,11 @@ BAD = [
     ("pruning.finetune_epochs", -1, "pruning.finetune_epochs"),
     ("guidance.proposals", -2, "guidance.proposals"),
     ("guidance.after", 0, "guidance.after"),
+    ("halving.reduction_factor", 1, "halving.reduction_factor"),
+    ("halving.reduction_factor", 2.5, "halving.reduction_factor"),
+    ("halving.grace_period", 0, "halving.grace_period"),
+    ("halving.max_t", 0, "halving.max_t"),  # below grace_period
+    ("halving.brackets", 2, "halving.brackets"),
 ]
 
 
@@ -118,6 +123,40 @@ def test_asha_needs_accuracy_objective():
     raw["objectives"] = ["latency_ms:min", "params:min"]
     with pytest.raises(SpecError, match="^scheduler"):
         specs.from_dict(raw)
+
+
+def test_moasha_reads_halving_and_checks_it_against_the_epochs():
+    spec = specs.from_dict(with_value("scheduler", "moasha"))
+    assert spec.halving == specs.HalvingSpec(reduction_factor=3, grace_period=1, max_t=3)
+    assert specs.from_dict(base()).halving.max_t is None  # no scheduler: nothing to resolve
+    cases = [({"grace_period": 4}, "halving.grace_period = 4: must be <= train.epochs (3): no "
+                                   "rung would be reached"),
+             ({"max_t": 5}, "halving.max_t = 5: must be <= train.epochs (3)"),
+             ({"grace_period": 2, "max_t": 1},
+              "halving.max_t = 1: must be >= halving.grace_period (2)")]
+    for halving, message in cases:
+        raw = with_value("scheduler", "moasha")
+        raw["halving"] = halving
+        with pytest.raises(SpecError) as err:
+            specs.from_dict(raw)
+        assert str(err.value) == message
+    raw = with_value("scheduler", "moasha")
+    raw["objectives"] = ["latency_ms:min", "macs:min"]
+    with pytest.raises(SpecError, match="^scheduler = 'moasha': needs accuracy"):
+        specs.from_dict(raw)
+    with pytest.raises(SpecError, match="^scheduler = 'hyperband': allowed: none, asha, moasha$"):
+        specs.from_dict(with_value("scheduler", "hyperband"))
+
+
+def test_a_bad_halving_value_is_one_line_and_exit_2(tmp_path, capsys):
+    from nas import cli
+
+    code = cli.main(["search", str(QUICK), "--set", "scheduler=moasha", "--set",
+                     "halving.reduction_factor=1", "--results-dir", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nas: error: halving.reduction_factor = 1: must be >= 2"]
+    assert not any(tmp_path.iterdir())
 
 
 def test_overrides_apply_and_parse_yaml_values(tmp_path):
@@ -199,7 +238,10 @@ def test_budget_ladder_must_rise_above_the_trained_threshold():
         specs.from_dict(raw)
     raw["budget"] = {"limits": {"gate_threshold": 0.5}}  # no such knob in vit
     with pytest.raises(SpecError, match=r"^budget.limits.gate_threshold = 0.5: not a budget "
-                                        r"knob of space 'vit'; its knobs: \['halt_eps'\]"):
+                                        r"knob of space 'vit'; its knobs: \['cascade_exit_1', "
+                                        r"'cascade_exit_2', 'gate_branch_"
+                                        r"threshold', 'gate_head_threshold', 'gate_patch_"
+                                        r"threshold', 'halt_eps'\]"):
         specs.from_dict(raw)
     raw["budget"] = {"limits": {"halt_eps": 0.5}}
     assert specs.from_dict(raw).budget.limits == {"halt_eps": 0.5}
