@@ -38,7 +38,12 @@ import search_spaces  # noqa: E402  (imports search_spaces._compat first)
 from search_spaces.gates import GATE_BIAS  # noqa: E402
 from search_spaces.gating import TARGETS  # noqa: E402
 from search_spaces.vit import ViTConfig  # noqa: E402
-from trainers.budget import at_knobs, budget_points, cost_model  # noqa: E402
+from trainers.budget import (  # noqa: E402
+    at_knobs,
+    budget_points,
+    cost_model,
+    operating_points,
+)
 from trainers.data import Data, DataSettings, load_data  # noqa: E402
 from trainers.loop import FitSettings, evaluate, fit  # noqa: E402
 from trainers.losses import objective_for  # noqa: E402
@@ -50,7 +55,11 @@ WORK = ROOT / "results" / "adaptive"
 PARENT_DIR = WORK / "parent"
 PARENT = ViTConfig(img_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=3,
                    mlp_ratio=4.0)
-DATA = DataSettings(name="fashion-mnist", val_size=5000, seed=0, load_test=True)
+# a calibration split (cascades fit their exit thresholds there) carved from the training
+# pool beside the validation images; the parent, halting and gated variants were trained on
+# all 55,000 images before it existed (their cached weights are reused)
+DATA = DataSettings(name="fashion-mnist", val_size=5000, seed=0, load_test=True,
+                    calibration_size=2000)
 PARENT_TRAIN = FitSettings(epochs=10, batch_size=128, lr=2e-3, warmup_epochs=1,
                            clip_grad=5.0, label_smoothing=0.1)
 
@@ -93,6 +102,8 @@ HALT_TARGETS = (0.5, 0.67, 0.83)  # target halting depth, as a fraction of the 6
 HALT_GAMMA, HALT_PRIOR = 10.0, 0.1
 GATED = (("heads+branches+patches", 0.5), ("heads+branches+patches", 0.7),
          ("heads+patches", 0.7))  # AdaViT gate kinds and their (common) usage target
+CASCADES = (("0.5+0.7", True, True), ("0.5+0.7", False, False))  # grids 4, 5, 7; reuse
+CASCADE_EPOCHS = 2  # a cascade step costs ~1.9 parent steps (17 + 26 + 50 tokens)
 POINTS = 8
 LIMITS = {"halt_eps": 0.6}  # the gate thresholds keep their default far ends
 GOAL_DROP = 0.01  # halting: at most 1 point of validation accuracy below the parent
@@ -121,6 +132,11 @@ def halting_config(target: float, beta: float) -> ViTConfig:
 def gated_config(kinds: str, target: float) -> ViTConfig:
     return PARENT.replace(token_policy="gating", gate_kinds=kinds, gate_head_target=target,
                           gate_branch_target=target, gate_patch_target=target)
+
+
+def cascade_config(scales: str, feature: bool, relation: bool) -> ViTConfig:
+    return PARENT.replace(token_policy="cascade", cascade_scales=scales,
+                          cascade_feature_reuse=feature, cascade_relation_reuse=relation)
 
 
 def variant(data: Data, config: ViTConfig, tag: str, epochs: int) -> torch.nn.Module:
@@ -153,6 +169,11 @@ def trained_variants(data: Data, beta: float,
         config = gated_config(kinds, target)
         out.append((f"gated {kinds} t={target:g}", config,
                     variant(data, config, f"gated-{kinds}-{target:g}", epochs)))
+    for scales, feature, relation in CASCADES:
+        config = cascade_config(scales, feature, relation)
+        reuse = f"f{int(feature)}r{int(relation)}"
+        out.append((f"cascade {scales} {reuse}", config,
+                    variant(data, config, f"cascade-{scales}-{reuse}", CASCADE_EPOCHS)))
     return out
 
 
@@ -196,7 +217,7 @@ def variants(data: Data, epochs: int) -> list[str]:
     for label, config, model in trained_variants(data, round(beta, 2), epochs):
         skip_diff = max(skip_diff, check_skipping(config, model, data))
         cost = cost_model("vit", config, model, data.input_shape)
-        knobs = search_spaces.get("vit").adaptive(config).operating_points(POINTS, LIMITS)
+        knobs = operating_points("vit", config, model, data, points=POINTS, limits=LIMITS)
         for point in budget_points("vit", config, model, data, knobs=knobs, batch_size=256,
                                    cost=cost):
             name = label + " " + " ".join(f"{k.split('_')[-2] if k.startswith('gate_') else k}"
