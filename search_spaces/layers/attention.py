@@ -76,32 +76,34 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(dim, num_heads * (2 * self.qk_dim + self.v_dim))
         self.proj = nn.Linear(num_heads * self.v_dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                heads: torch.Tensor | None = None) -> torch.Tensor:
+    def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys (B, H, N, qk_dim) and values (B, H, N, v_dim) of tokens (B, N, dim)."""
         b, n, _ = x.shape
         h, qk, v = self.num_heads, self.qk_dim, self.v_dim
         q, k, val = self.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
-        q = q.view(b, n, h, qk).transpose(1, 2)
-        k = k.view(b, n, h, qk).transpose(1, 2)
-        val = val.view(b, n, h, v).transpose(1, 2)
+        return (q.view(b, n, h, qk).transpose(1, 2), k.view(b, n, h, qk).transpose(1, 2),
+                val.view(b, n, h, v).transpose(1, 2))
+
+    def merge_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """Head outputs (B, H, N, v_dim) through ``proj``: (B, N, dim)."""
+        b, h, n, v = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, n, h * v))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                heads: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, val = self.split_heads(x)
         out = F.scaled_dot_product_attention(q, k, val, attn_mask=sdpa_mask(mask))
         if heads is not None:
             out = out * heads[:, :, None, None].to(out.dtype)
-        return self.proj(out.transpose(1, 2).reshape(b, n, h * v))
+        return self.merge_heads(out)
 
     def forward_logits(self, x: torch.Tensor, bias: torch.Tensor | None = None,
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unfused attention with ``bias`` (B, H, N, N) added before the softmax; returns
         the output and the pre-softmax logits (B, H, N, N)."""
-        b, n, _ = x.shape
-        h, qk, v = self.num_heads, self.qk_dim, self.v_dim
-        q, k, val = self.qkv(x).split([h * qk, h * qk, h * v], dim=-1)
-        q = q.view(b, n, h, qk).transpose(1, 2)
-        k = k.view(b, n, h, qk).transpose(1, 2)
-        val = val.view(b, n, h, v).transpose(1, 2)
+        q, k, val = self.split_heads(x)
         logits = attention_logits(q, k, bias)
-        out = logits.softmax(dim=-1) @ val
-        return self.proj(out.transpose(1, 2).reshape(b, n, h * v)), logits
+        return self.merge_heads(logits.softmax(dim=-1) @ val), logits
 
     def head_rows(self, head: int) -> torch.Tensor:
         """The rows of ``qkv`` that give head ``head``'s query, key and value."""
