@@ -45,6 +45,21 @@ def run_nas():
     return nas
 
 
+def _search_study(work: Path, config: Path, name: str,
+                  args: list[str]) -> tuple[Path, subprocess.CompletedProcess]:
+    proc = nas("search", str(config), "--name", name, "--results-dir", str(work), *args,
+               cwd=work)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work / name, proc
+
+
+@pytest.fixture(scope="session")
+def search_study():
+    """``search_study(work, config, name, args)``: `nas search` of a spec file into ``work``
+    (must succeed); returns the study folder and the finished process."""
+    return _search_study
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     work = tmp_path_factory.mktemp("study")

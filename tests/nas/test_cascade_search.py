@@ -31,12 +31,9 @@ SMALL = ["--set", "trials=4", "--set", "sampler.name=random", "--set", "sampler.
 
 
 @pytest.fixture(scope="module")
-def cascade_study(tmp_path_factory, run_nas):
-    work = tmp_path_factory.mktemp("cascade")
-    proc = run_nas("search", str(ROOT / "configs" / "vit_cascade.yaml"), "--name", "cascade",
-                   "--results-dir", str(work), *SMALL, cwd=work)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work / "cascade", proc
+def cascade_study(tmp_path_factory, search_study):
+    return search_study(tmp_path_factory.mktemp("cascade"), ROOT / "configs" / "vit_cascade.yaml",
+                        "cascade", SMALL)
 
 
 def _configs(frame):

@@ -28,12 +28,9 @@ SMALL = ["--set", "trials=3", "--set", "sampler.name=random", "--set", "sampler.
 
 
 @pytest.fixture(scope="module")
-def gated_study(tmp_path_factory, run_nas):
-    work = tmp_path_factory.mktemp("gating")
-    proc = run_nas("search", str(ROOT / "configs" / "vit_adaptive.yaml"), "--name", "gating",
-                   "--results-dir", str(work), *SMALL, cwd=work)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work / "gating", proc
+def gated_study(tmp_path_factory, search_study):
+    return search_study(tmp_path_factory.mktemp("gating"), ROOT / "configs" / "vit_adaptive.yaml",
+                        "gating", SMALL)
 
 
 def _configs(frame):

@@ -29,12 +29,9 @@ SMALL = ["--set", "trials=3", "--set", "sampler.name=random", "--set", "sampler.
 
 
 @pytest.fixture(scope="module")
-def halting_study(tmp_path_factory, run_nas):
-    work = tmp_path_factory.mktemp("halting")
-    proc = run_nas("search", str(ROOT / "configs" / "vit_halting.yaml"), "--name", "mixed",
-                   "--results-dir", str(work), *SMALL, cwd=work)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return work / "mixed", proc
+def halting_study(tmp_path_factory, search_study):
+    return search_study(tmp_path_factory.mktemp("halting"), ROOT / "configs" / "vit_halting.yaml",
+                        "mixed", SMALL)
 
 
 def _policies(frame):
