@@ -15,7 +15,8 @@ the parent, interleaved in one process. The point that meets the accuracy goal w
 fewest MACs is also evaluated once on the test split (reported, never used to choose).
 
     python benchmarks/adaptive.py parent [--threads 1]
-    python benchmarks/adaptive.py train [--epochs 3] [--threads 1]   (fine-tune only)
+    python benchmarks/adaptive.py train [--epochs 3] [--threads 1] [--only TAG]
+                                                                  (fine-tune only)
     python benchmarks/adaptive.py variants [--epochs 3] [--threads 1]
     python benchmarks/adaptive.py all
 """
@@ -102,7 +103,8 @@ HALT_TARGETS = (0.5, 0.67, 0.83)  # target halting depth, as a fraction of the 6
 HALT_GAMMA, HALT_PRIOR = 10.0, 0.1
 GATED = (("heads+branches+patches", 0.5), ("heads+branches+patches", 0.7),
          ("heads+patches", 0.7))  # AdaViT gate kinds and their (common) usage target
-CASCADES = (("0.5+0.7", True, True), ("0.5+0.7", False, False))  # grids 4, 5, 7; reuse
+CASCADES = (("0.5+0.7", True, True), ("0.5+0.7", False, False), ("0.5+0.7", True, False),
+            ("0.5+0.7", False, True), ("0.5", True, True))  # grids 4, 5, 7 (4, 7); reuse
 CASCADE_EPOCHS = 2  # a cascade step costs ~1.9 parent steps (17 + 26 + 50 tokens)
 POINTS = 8
 LIMITS = {"halt_eps": 0.6}  # the gate thresholds keep their default far ends
@@ -139,8 +141,12 @@ def cascade_config(scales: str, feature: bool, relation: bool) -> ViTConfig:
                           cascade_feature_reuse=feature, cascade_relation_reuse=relation)
 
 
-def variant(data: Data, config: ViTConfig, tag: str, epochs: int) -> torch.nn.Module:
-    """An adaptive ViT warm-started from the parent and fine-tuned (cached in WORK)."""
+def variant(data: Data, config: ViTConfig, tag: str, epochs: int,
+            only: str | None = None) -> torch.nn.Module | None:
+    """An adaptive ViT warm-started from the parent and fine-tuned (cached in WORK); None
+    when ``only`` is given and not part of ``tag``."""
+    if only is not None and only not in tag:
+        return None
     fam = search_spaces.get("vit")
     torch.manual_seed(0)
     model = fam.build(config, num_classes=data.num_classes, in_chans=data.in_chans)
@@ -157,23 +163,25 @@ def variant(data: Data, config: ViTConfig, tag: str, epochs: int) -> torch.nn.Mo
     return model.eval()
 
 
-def trained_variants(data: Data, beta: float,
-                     epochs: int) -> list[tuple[str, ViTConfig, torch.nn.Module]]:
-    """(row label prefix, config, fine-tuned model) of every variant."""
+def trained_variants(data: Data, beta: float, epochs: int, only: str | None = None,
+                     ) -> list[tuple[str, ViTConfig, torch.nn.Module | None]]:
+    """(row label prefix, config, fine-tuned model) of every variant (those whose tag
+    contains ``only``)."""
     out = []
     for target in HALT_TARGETS:
         config = halting_config(target, beta)
         out.append((f"halting t={target:g}", config,
-                    variant(data, config, f"halting-{target:g}", epochs)))
+                    variant(data, config, f"halting-{target:g}", epochs, only)))
     for kinds, target in GATED:
         config = gated_config(kinds, target)
         out.append((f"gated {kinds} t={target:g}", config,
-                    variant(data, config, f"gated-{kinds}-{target:g}", epochs)))
+                    variant(data, config, f"gated-{kinds}-{target:g}", epochs, only)))
     for scales, feature, relation in CASCADES:
         config = cascade_config(scales, feature, relation)
         reuse = f"f{int(feature)}r{int(relation)}"
         out.append((f"cascade {scales} {reuse}", config,
-                    variant(data, config, f"cascade-{scales}-{reuse}", CASCADE_EPOCHS)))
+                    variant(data, config, f"cascade-{scales}-{reuse}", CASCADE_EPOCHS,
+                                only)))
     return out
 
 
@@ -334,6 +342,9 @@ def main() -> None:
     parser.add_argument("phase", choices=["parent", "train", "variants", "all"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=FINETUNE.epochs)
+    parser.add_argument("--only", help="train: only the variants whose tag contains this "
+                                       "(e.g. cascade-0.5+0.7-f1r1), to train several side "
+                                       "by side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_data(DATA)
@@ -342,7 +353,7 @@ def main() -> None:
     if args.phase == "train":  # fine-tune (and cache) the variants only
         from nas.export import load_exported
         beta = -HALT_GAMMA * channel0_quantile(load_exported(PARENT_DIR), data)
-        trained_variants(data, round(beta, 2), args.epochs)
+        trained_variants(data, round(beta, 2), args.epochs, args.only)
     if args.phase in ("variants", "all"):
         torch.set_num_threads(1)  # latency protocol: one thread (training used --threads)
         lines = header("Adaptive variants against their static parent") + variants(

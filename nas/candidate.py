@@ -175,9 +175,10 @@ def budget_report(config: Config, adaptive: Adaptive, model: torch.nn.Module, da
             "points": json.dumps(rows)}
 
 
-def importance_report(model: torch.nn.Module, gated: Any, spec: SearchSpec,
-                      folder: Path) -> dict[str, Any]:
-    """Taylor scores of the trained ``model`` on ``importance.batches`` training batches,
+def importance_report(model: torch.nn.Module, gated: Any, spec: SearchSpec, folder: Path,
+                      adaptive: Adaptive | None = None) -> dict[str, Any]:
+    """Taylor scores of the trained ``model`` (at its trained knobs: ``adaptive.answers``
+    names the logits it can answer with) on ``importance.batches`` training batches,
     saved as ``folder``/importance.safetensors; returns their ``imp_*`` summary ({} and no
     file when ``importance.batches`` is 0).
 
@@ -191,7 +192,8 @@ def importance_report(model: torch.nn.Module, gated: Any, spec: SearchSpec,
     batches = gated.train_batches(spec.train.batch_size, epoch=spec.train.epochs,
                                   seed=spec.train.seed)
     with contextlib.closing(batches):  # releases the gate held by the last batch taken
-        scores = taylor_importance(model, batches, num_batches=spec.importance.batches)
+        scores = taylor_importance(model, batches, num_batches=spec.importance.batches,
+                                   answers=adaptive.answers if adaptive else None)
     save_scores(folder / IMPORTANCE, scores)
     return summarize(scores)
 

@@ -32,10 +32,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .adaptive import Adaptive, BudgetKnob, Calibration, Count, LossTerm, ladder
-from .config import check
+from .config import ConfigError, check
 from .dims import Choice, Dim, Fixed, TrialLike
 
 EXITS = ("cascade_exit_1", "cascade_exit_2")  # the exit thresholds of stages 1 and 2
@@ -111,6 +112,19 @@ class CascadeFields:
             relation_reuse=self.cascade_relation_reuse)
 
 
+def check_dims(dims: Mapping[str, Dim]) -> None:
+    """Every (img_size, patch_size, cascade_scales) draw of a space's ``dims`` (merged over
+    the family's, patch sizes dividing image sizes) must give a cascade of >= 2 stages."""
+    for img in dims["img_size"].values():
+        for patch in dims["patch_size"].values():
+            for scales in dims["cascade_scales"].values():
+                try:
+                    CascadeFields(cascade_scales=scales)._check_cascade(img // patch, True)
+                except ConfigError as err:
+                    raise ConfigError(f"space.dims.cascade_scales: value {scales!r} at "
+                                      f"img_size={img}, patch_size={patch}: {err}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class CascadeParams:
     """Every stage's grid (the last the model's own), the exit thresholds of the stages but
@@ -139,6 +153,19 @@ BUDGET_KNOBS = {
 def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> dict[str, Any]:
     """The ``cascade_*`` fields of a cascade candidate."""
     return {name: dims[name].suggest(trial, name) for name in DIMS}
+
+
+def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """A position embedding (1, 1 + g^2, D) resized to ``grid`` x ``grid`` patch positions
+    (bicubic, antialiased, as timm resamples one), the class token's entry kept."""
+    side = math.isqrt(pos.shape[1] - 1)
+    if side == grid:
+        return pos
+    patches = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False,
+                            antialias=True)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
+    return torch.cat([pos[:, :1], patches], dim=1)
 
 
 def exit_proportions(q: float, stages: int) -> tuple[float, ...]:
@@ -264,6 +291,26 @@ class Cascade(Adaptive):
     def cost_model(self, model: nn.Module, input_shape: Sequence[int],
                    count: Count) -> CascadeCost:
         return CascadeCost.of(model, input_shape, count)
+
+    def answers(self, output: Any) -> list[torch.Tensor]:
+        """Every stage's logits (the exits off, as trained: each stage may answer)."""
+        return [*output.aux["cascade_logits"].unbind(1), output.logits]
+
+    def unprunable(self) -> dict[str, str]:
+        """Relationship reuse maps every layer's heads of one stage onto the next stage's."""
+        if not self.config.cascade_relation_reuse:
+            return {}
+        why = "relationship reuse maps every head of every layer of one stage to the next"
+        return {"heads": why, "depth": why}
+
+    def inherited(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every earlier stage starts as the parent (the tensors the last stage loads), its
+        position embedding resized to the stage's grid; the reuse modules start fresh.
+        (``init.fresh: ["stages.*"]`` starts the earlier stages fresh instead.)"""
+        c = self.config
+        grids = grids_of(c.cascade_scales, c.img_size // c.patch_size)
+        return {f"stages.{i}.{name}": resize_pos_embed(tensor, g) if name == "pos_embed"
+                else tensor for i, g in enumerate(grids[:-1]) for name, tensor in weights.items()}
 
     def loss_terms(self) -> tuple[LossTerm, ...]:
         """The earlier stages' cross-entropies, weight 1 each (the last stage's is the main

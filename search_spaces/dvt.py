@@ -37,8 +37,9 @@ whose max softmax probability reaches ``thresholds[k]`` (1 turns that exit off) 
 stage (and its reuse modules) runs only on the images still running, with their upstream
 tokens and logits; the output is each image's exit logits, ``aux["cascade_exit"]`` (B,) the
 stage it left at (0-based) and ``aux["cascade_confidence"]`` (B, S) each stage's max
-probability (NaN where the stage did not run). The contract side (fields, threshold fitting,
-cost) is search_spaces/cascading.py.
+probability (NaN where the stage did not run); when no image left early, also
+``aux["cascade_logits"]`` (what Taylor importance scores every stage by). The contract side
+(fields, threshold fitting, cost) is search_spaces/cascading.py.
 """
 
 from __future__ import annotations
@@ -243,11 +244,14 @@ class CascadeViT(VisionTransformer):
         exit_stage = torch.full((b,), last, dtype=torch.long, device=x.device)
         confidence = torch.full((b, last + 1), float("nan"), device=x.device)
         out = tokens = logits = None
+        earlier = []  # the earlier stages' logits while every image runs every stage
         for k in range(last + 1):
             tokens, stage_out, logits = self.run(k, x, tokens, logits)
             if out is None:
                 out = stage_out.new_zeros(b, stage_out.shape[-1])
             out[rows] = stage_out
+            if k < last and rows.numel() == b:
+                earlier.append(stage_out)
             conf = stage_out.detach().float().softmax(dim=-1).amax(dim=-1)
             confidence[rows, k] = conf
             threshold = self.cascade.thresholds[k] if k < last else 1.0
@@ -261,4 +265,7 @@ class CascadeViT(VisionTransformer):
             if stay.numel() < rows.numel():
                 rows, x, tokens = rows[stay], x[stay], tokens[stay]
                 logits = None if logits is None else logits[stay]
-        return ModelOutput(out, {"cascade_exit": exit_stage, "cascade_confidence": confidence})
+        aux = {"cascade_exit": exit_stage, "cascade_confidence": confidence}
+        if len(earlier) == last:  # no image left early: every stage's logits are known
+            aux["cascade_logits"] = torch.stack(earlier, dim=1)
+        return ModelOutput(out, aux)

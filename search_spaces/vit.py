@@ -325,7 +325,7 @@ def check_dims(dims: Mapping[str, Dim]) -> None:
     _check_divides(merged, "num_heads", "embed_dim")
     _check_tokens(merged)
     if "cascade" in merged["token_policy"].values():
-        _check_cascade_grids(merged)
+        cascading.check_dims(merged)
     if "gating" in merged["token_policy"].values() and min(merged["depth"].values()) < 2:
         raise ConfigError(f"space.dims.depth: {min(merged['depth'].values())} blocks cannot be "
                           "gated (token_policy 'gating' needs depth >= 2): raise depth or "
@@ -362,20 +362,6 @@ def _check_tokens(dims: Mapping[str, Dim]) -> None:
             if tokens > MAX_TOKENS:
                 raise ConfigError(f"space.dims: patch_size={patch} at img_size={img} gives "
                                   f"{tokens} tokens (> {MAX_TOKENS}): narrow patch_size")
-
-
-def _check_cascade_grids(dims: Mapping[str, Dim]) -> None:
-    """Every (img_size, patch_size, cascade_scales) draw must give strictly increasing stage
-    grids (call after :func:`_check_divides`)."""
-    for img in dims["img_size"].values():
-        for patch in dims["patch_size"].values():
-            for scales in dims["cascade_scales"].values():
-                try:
-                    ViTConfig(img_size=img, patch_size=patch, token_policy="cascade",
-                              cascade_scales=scales)
-                except ConfigError as err:
-                    raise ConfigError(f"space.dims.cascade_scales: value {scales!r} at "
-                                      f"img_size={img}, patch_size={patch}: {err}") from None
 
 
 # --------------------------------------------------------------------------- suggest, build

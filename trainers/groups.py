@@ -10,7 +10,8 @@ Names (one :class:`Groups` per name, in forward order):
 
 - ViT (``VisionTransformer``): ``blocks.{b}.attn.heads``, ``blocks.{b}.attn.qk``,
   ``blocks.{b}.attn.v``, ``blocks.{b}.pre_ffns.{j}.hidden`` (sandwich FFNs),
-  ``blocks.{b}.mlp.hidden`` and ``blocks.depth`` (one group per block).
+  ``blocks.{b}.mlp.hidden`` and ``blocks.depth`` (one group per block); the ViTs nested in
+  one (a multi-stage model's earlier stages) the same under their path: ``stages.{k}.blocks``.
 - EfficientViT: ``stages.{s}.downsample.res1.hidden`` and ``.res2.hidden`` (the FFNs around
   PatchMerging), ``stages.{s}.blocks.{b}.ffn{i}.hidden``, ``stages.{s}.blocks.{b}.attn.heads``
   / ``.qk`` / ``.v`` and ``stages.{s}.blocks.depth``.
@@ -104,9 +105,21 @@ def _convbn(prefix: str) -> list[str]:
 
 # ------------------------------------------------------------------------------------ ViT
 def _vit_layout(model: VisionTransformer) -> dict[str, Groups]:
+    """Every ViT in ``model``: the ViTs nested in it first (a multi-stage model's earlier
+    stages, their names prefixed with their module path, e.g. ``stages.0.blocks.1.mlp.hidden``),
+    then its own blocks."""
+    nested = [(f"{name}.", vit) for name, vit in model.named_modules()
+              if name and isinstance(vit, VisionTransformer)]
     layout: dict[str, Groups] = {}
-    for b, block in enumerate(model.blocks):
-        p = f"blocks.{b}"
+    for prefix, vit in (*nested, ("", model)):
+        layout.update(_blocks_layout(model, prefix, vit))
+    return layout
+
+
+def _blocks_layout(root: nn.Module, prefix: str, vit: VisionTransformer) -> dict[str, Groups]:
+    layout: dict[str, Groups] = {}
+    for b, block in enumerate(vit.blocks):
+        p = f"{prefix}blocks.{b}"
         if isinstance(block.attn, MultiHeadAttention):
             layout.update(_mhsa(f"{p}.attn", block.attn))
         elif isinstance(block.attn, TokenCGA):
@@ -116,7 +129,7 @@ def _vit_layout(model: VisionTransformer) -> dict[str, Groups]:
         for j, ffn in enumerate(block.pre_ffns):
             layout[f"{p}.pre_ffns.{j}.hidden"] = _mlp(f"{p}.pre_ffns.{j}.mlp", ffn.mlp)
         layout[f"{p}.mlp.hidden"] = _mlp(f"{p}.mlp", block.mlp)
-    layout["blocks.depth"] = _depth(model, "blocks", len(model.blocks))
+    layout[f"{prefix}blocks.depth"] = _depth(root, f"{prefix}blocks", len(vit.blocks))
     return layout
 
 
@@ -153,9 +166,12 @@ def _token_cga(p: str, attn: TokenCGA) -> dict[str, Groups]:
 
 
 def _mlp(p: str, mlp: Mlp) -> Groups:
+    """Hidden channel c: row c of fc1 (and of the ``reuse`` Linear adding reused features to
+    fc1's output, where there is one) and column c of fc2."""
     n = mlp.fc1.out_features
     ids = torch.arange(n)
-    return Groups(n, (*_rows(_linear(f"{p}.fc1"), ids), Part(f"{p}.fc2.weight", 1, ids)))
+    reuse = [Part(f"{p}.reuse.weight", 0, ids)] if hasattr(mlp, "reuse") else []
+    return Groups(n, (*_rows(_linear(f"{p}.fc1"), ids), *reuse, Part(f"{p}.fc2.weight", 1, ids)))
 
 
 def _depth(model: nn.Module, container: str, depth: int) -> Groups:

@@ -31,8 +31,9 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -100,12 +101,14 @@ def taylor_importance(
     *,
     num_batches: int,
     device: str | torch.device | None = None,
+    answers: Callable[[Any], Sequence[torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sum of per-batch group scores over the first ``num_batches`` of ``batches`` (fewer if
     the iterable ends first; at least one is needed).
 
     Each batch: an eval-mode forward, the mean cross-entropy of the logits (a ``ModelOutput``
-    gives its ``logits``), and gradients by ``torch.autograd.grad``, so the parameters'
+    gives its ``logits``; ``answers(output)``, e.g. ``Adaptive.answers``, gives several, whose
+    cross-entropies are summed), and gradients by ``torch.autograd.grad``, so the parameters'
     ``.grad`` are never touched. ``device`` (default: the model's) is where it runs; the model
     goes back to its device and train/eval mode afterwards. Scores are returned on the CPU.
     """
@@ -120,7 +123,9 @@ def taylor_importance(
     model.to(target).eval()
     try:
         for x, y in itertools.islice(batches, num_batches):
-            loss = F.cross_entropy(logits_of(model(x.to(target))).float(), y.to(target))
+            out, y = model(x.to(target)), y.to(target)
+            loss = sum(F.cross_entropy(logits.float(), y) for logits in (
+                answers(out) if answers is not None else [logits_of(out)]))
             grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             batch = group_scores(dict(named), {n: g for (n, _), g in zip(named, grads,
                                                                          strict=True)}, groups)
@@ -165,7 +170,8 @@ def keep_fraction(scores: torch.Tensor, coverage: float) -> float:
 def _locate(scores: Mapping[str, torch.Tensor]) -> list[tuple[str, str, int, str]]:
     """(name, block, stage, component) per score name. EfficientViT's stage is its own; a
     ViT's stage is the third of its depth the block lies in (0, 1, 2), so ViTs of different
-    depths summarise alike. ``block`` is the block's prefix (the container for depth)."""
+    depths summarise alike (a multi-stage model's earlier ones, ``stages.{k}.blocks.{b}``, by the
+    same thirds). ``block`` is the block's prefix (the container for depth)."""
     depth = max((len(v) for k, v in scores.items() if k == "blocks.depth"), default=0)
     rows = []
     for name in scores:
@@ -173,12 +179,12 @@ def _locate(scores: Mapping[str, torch.Tensor]) -> list[tuple[str, str, int, str
         match = _BLOCK.match(name)
         block = match.group(1) if match else name.rsplit(".", 1)[0]
         stage_match = _STAGE.match(name)
-        if stage_match:
+        if stage_match and not depth:
             stage = int(stage_match.group(1))
         elif comp == "depth" or depth == 0:
             stage = 0
         else:
-            stage = min(3 * int(block.split(".")[1]) // depth, 2)
+            stage = min(3 * int(block.rsplit(".", 1)[1]) // depth, 2)
         rows.append((name, block, stage, comp))
     return rows
 

@@ -26,6 +26,10 @@ What can be pruned (``prunable``):
   is added to head i+1's input chunk channel by channel, and those channels are the residual
   stream's (not prunable); a V channel c can only go where chunk channel c goes. Their scores
   are still computed (for analysis); the attention biases stay per head and are kept whole.
+- A multi-stage ViT (earlier stages nested in the last, trainers/groups.py): every stage is
+  pruned to the same counts (one config), each by its own scores; a reuse Linear feeding an
+  FFN loses the rows of its dropped hidden channels. What the adaptive part needs whole
+  (``Adaptive.unprunable``, e.g. heads and depth under attention-logit reuse) is not pruned.
 
 Pruning is exactly masking: the pruned model computes what the original computes with the
 dropped structures zeroed. Attention scales by 1/sqrt(qk width), which shrinks with the Q/K
@@ -85,12 +89,20 @@ class Pruned:
 
 
 def prunable(config: Config) -> tuple[str, ...]:
-    """The components that can be pruned in this config's models (see the module docstring)."""
+    """The components that can be pruned in this config's models (see the module docstring),
+    less those its adaptive part needs whole (``Adaptive.unprunable``)."""
     if isinstance(config, ViTConfig):
-        return COMPONENTS if config.attn == "mhsa" else ("qk", "ffn", "depth")
-    if isinstance(config, EfficientViTConfig):
-        return ("qk", "ffn", "depth")
-    raise TypeError(f"pruning knows no {type(config).__name__}")
+        base = COMPONENTS if config.attn == "mhsa" else ("qk", "ffn", "depth")
+    elif isinstance(config, EfficientViTConfig):
+        base = ("qk", "ffn", "depth")
+    else:
+        raise TypeError(f"pruning knows no {type(config).__name__}")
+    return tuple(c for c in base if c not in _adaptive_whole(config))
+
+
+def _adaptive_whole(config: Config) -> dict[str, str]:
+    adaptive = search_spaces.get(config.KIND).adaptive(config)
+    return adaptive.unprunable() if adaptive is not None else {}
 
 
 def keep_ratios(config: Config, keep: float | Mapping[str, float]) -> dict[str, float]:
@@ -107,8 +119,9 @@ def keep_ratios(config: Config, keep: float | Mapping[str, float]) -> dict[str, 
             raise ValueError(f"`keep`: unknown component(s) {unknown}; known: {COMPONENTS}")
         for comp, ratio in keep.items():
             if comp not in allowed and ratio != 1:
+                why = _adaptive_whole(config).get(comp) or _NOT_PRUNABLE[comp]
                 raise ValueError(f"`keep[{comp!r}]`={ratio}: {comp} cannot be pruned in this "
-                                 f"model ({_NOT_PRUNABLE[comp]}); prunable: {list(allowed)}")
+                                 f"model ({why}); prunable: {list(allowed)}")
         ratios = {c: float(r) for c, r in keep.items() if c in allowed}
     for comp, ratio in ratios.items():
         if not 0 < ratio <= 1:

@@ -9,7 +9,9 @@ export's config, or ``architecture_of_weights`` of the tensor shapes).
 Loading is strict but for two kinds of tensor, which start fresh: the parameters the
 candidate's adaptive part adds to its base (``Adaptive.added_parameters``: gates, reuse
 modules) and those matching the caller's ``fresh`` patterns (e.g. ``head.*`` for a new set of
-classes). Any other missing, unexpected or mis-shaped tensor is an :class:`InitError` naming
+classes); an added parameter the adaptive part derives from the weights takes that value
+instead (``Adaptive.inherited``, e.g. a multi-stage model's earlier stage as a copy of the
+parent). Any other missing, unexpected or mis-shaped tensor is an :class:`InitError` naming
 the first offending tensor, raised before any weight is copied.
 """
 
@@ -132,13 +134,20 @@ def plan(model: nn.Module, shapes: Mapping[str, tuple[int, ...]], *,
 
 def warm_start(model: nn.Module, init: InitWeights, *, adaptive: Adaptive | None = None,
                fresh: Sequence[str] = ()) -> list[str]:
-    """Copy the initial weights into ``model`` (checked first by :func:`plan`); returns the
-    names of the tensors that start fresh (as the model was built)."""
+    """Copy the initial weights into ``model`` (checked first by :func:`plan`), and the
+    values the adaptive part derives from them into its added parameters; returns the names
+    of the tensors that start fresh (as the model was built)."""
     starts_fresh = plan(model, init.shapes, adaptive=adaptive, fresh=fresh)
     weights = load_file(str(init.file))
     state = model.state_dict()
+    chosen = set(starts_fresh) - {n for n in starts_fresh if any(
+        fnmatch.fnmatchcase(n, p) for p in fresh)}  # the caller's fresh tensors stay fresh
+    derived = {n: t for n, t in (adaptive.inherited(weights) if adaptive else {}).items()
+               if n in chosen and tuple(t.shape) == tuple(state[n].shape)}
     with torch.no_grad():
         for name, tensor in state.items():
             if name not in starts_fresh:
                 tensor.copy_(weights[name])
-    return starts_fresh
+            elif name in derived:
+                tensor.copy_(derived[name])
+    return [n for n in starts_fresh if n not in derived]

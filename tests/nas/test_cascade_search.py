@@ -85,3 +85,21 @@ def test_export_of_a_cascade_point_reloads_with_its_exits_and_cost(cascade_study
     with torch.no_grad():
         exits = model(next(data.val_batches(100))[0]).aux["cascade_exit"]
     assert float((exits == 0).double().mean()) == pytest.approx(row["exit_share_1"])
+
+
+def test_a_cascade_trial_is_pruned_stage_by_stage(cascade_study, run_nas, tmp_path):
+    study, _ = cascade_study
+    frame = load_results(study)
+    trial = next(t for t, c in _configs(frame).items() if c["token_policy"] == "cascade")
+    out = tmp_path / "pruned"
+    proc = run_nas("prune", str(study), "--trial", str(trial), "--keep", "0.5", "--out",
+                   str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    before = _configs(frame)[trial]
+    after = json.loads((out / "config.json").read_text())["config"]
+    assert after["token_policy"] == "cascade"
+    assert after["cascade_scales"] == before["cascade_scales"]
+    assert int(after["embed_dim"] * after["mlp_ratio"]) == int(
+        before["embed_dim"] * before["mlp_ratio"] * 0.5)
+    model = nas.load_exported(out)  # the pruned cascade reloads with its probe logits
+    assert len(model.stages) == len(before["cascade_scales"].split("+"))

@@ -19,7 +19,7 @@ from search_spaces.dims import Choice, Fixed
 from search_spaces.vit import ViTConfig, check_dims
 from trainers.losses import objective_for
 from trainers.measure import SDPA_OP, count_macs, sdpa_macs
-from trainers.warmstart import plan
+from trainers.warmstart import plan, read_init, warm_start
 
 VIT = search_spaces.get("vit")
 IMG, PATCH, DIM, HEADS, CLASSES = 16, 4, 24, 2, 5  # a 4x4 grid: stages 2x2, 3x3, 4x4
@@ -222,6 +222,46 @@ def test_the_last_stage_warm_starts_from_a_static_parent() -> None:
     x = images(3)
     with torch.no_grad():
         torch.testing.assert_close(model.forward_stages(x)[-1], parent(x))
+
+
+def test_earlier_stages_start_as_the_parent_with_a_resized_position_embedding(
+        tmp_path) -> None:
+    from safetensors.torch import save_file
+    from timm.layers import resample_abs_pos_embed  # the independent reference
+
+    torch.manual_seed(0)
+    parent = VIT.build(cascade(token_policy="static"), num_classes=CLASSES, in_chans=1).eval()
+    path = tmp_path / "parent.safetensors"
+    save_file({k: v.contiguous() for k, v in parent.state_dict().items()}, str(path))
+    config = cascade()
+    model = built(config, seed=5)
+    fresh = warm_start(model, read_init(path), adaptive=VIT.adaptive(config))
+    assert fresh and all(n.startswith(("feature_reuse.", "relation_reuse.")) or ".reuse." in n
+                         for n in fresh)  # only the reuse modules start fresh
+    state = model.state_dict()
+    for k, grid in enumerate(model.cascade.grids[:-1]):
+        want = resample_abs_pos_embed(parent.pos_embed, (grid, grid), num_prefix_tokens=1)
+        torch.testing.assert_close(state[f"stages.{k}.pos_embed"], want)
+        for name, tensor in parent.state_dict().items():
+            if name != "pos_embed":
+                assert torch.equal(state[f"stages.{k}.{name}"], tensor), (k, name)
+    # no reuse: stage 1 is the parent on the resized image with the resized embedding
+    plain = cascade(cascade_feature_reuse=False, cascade_relation_reuse=False)
+    model = built(plain, seed=5)
+    assert warm_start(model, read_init(path), adaptive=VIT.adaptive(plain)) == []
+    small = VIT.build(cascade(token_policy="static", img_size=PATCH * model.cascade.grids[0]),
+                      num_classes=CLASSES, in_chans=1).eval()
+    small.load_state_dict(model.stages[0].state_dict())
+    x = images(3)
+    shrunk = F.interpolate(x, (model.sizes[0], model.sizes[0]), mode="bilinear",
+                           align_corners=False, antialias=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_stages(x, 1)[0], small(shrunk))
+    # the caller can still start the earlier stages fresh
+    model = built(plain, seed=5)
+    fresh = warm_start(model, read_init(path), adaptive=VIT.adaptive(plain), fresh=["stages.*"])
+    assert fresh and all(n.startswith("stages.") for n in fresh)
+    assert not torch.equal(model.state_dict()["stages.0.head.weight"], parent.head.weight)
 
 
 def test_config_rules_name_the_field() -> None:

@@ -36,6 +36,7 @@ CONFIGS = {
     "cga-sandwich": TINY.replace(attn="cga", sandwich=1),
     "efficientvit": EVIT,
     "efficientvit-sandwich2": EVIT.replace(sandwich=2, v_ratio=0.5),
+    "cascade": TINY.replace(img_size=16, sandwich=1, token_policy="cascade"),  # 3 stages
 }
 
 
@@ -349,6 +350,25 @@ def test_summarize_uses_efficientvit_stages() -> None:
                             for s in (0, 1)}
     assert summary["imp_depth_keep50_s0"] == 1.0  # one block: it is all of it
     assert all(0 < v <= 1 for v in summary.values())
+
+
+def test_a_cascades_stages_are_scored_and_summarised_by_thirds_of_depth() -> None:
+    config = CONFIGS["cascade"].replace(depth=3, cascade_feature_reuse=False,
+                                        cascade_relation_reuse=False)
+    model = make(config)
+    alone = taylor_importance(model, [batch(config)], num_batches=1)  # the last stage's loss
+    assert alone["stages.0.blocks.0.mlp.hidden"].abs().sum() == 0  # no reuse: no gradient
+    answers = search_spaces.get("vit").adaptive(config).answers
+    scores = taylor_importance(model, [batch(config)], num_batches=1, answers=answers)
+    assert {n for n in scores if n.endswith("depth")} == {
+        "stages.0.blocks.depth", "stages.1.blocks.depth", "blocks.depth"}
+    assert all(scores[f"stages.{k}.blocks.{b}.mlp.hidden"].sum() > 0
+               for k in (0, 1) for b in range(3))  # every stage answers: scored by its loss
+    torch.testing.assert_close(scores["blocks.1.mlp.hidden"], alone["blocks.1.mlp.hidden"])
+    summary = summarize(scores, coverages=(0.5,))
+    assert {k.rsplit("_", 1)[1] for k in summary if "_ffn_" in k} == {"s0", "s1", "s2"}
+    frame = retained_fractions(scores)
+    assert set(frame[frame.block.str.startswith("stages.0.")].stage) == {0, 1, 2}
 
 
 def test_retained_fractions_table_per_block_and_component() -> None:

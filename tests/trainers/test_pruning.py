@@ -23,6 +23,7 @@ from trainers.pruning import (
     exact_ratio,
     finetune,
     keep_ratios,
+    prunable,
     prune,
     prune_to_macs,
     pruned_config,
@@ -94,15 +95,16 @@ def test_keep_one_reproduces_the_logits(name: str) -> None:
 
 
 # --------------------------------------------------------------- pruned == masked original
-def _mask_vit(model: nn.Module, pruned, config: ViTConfig) -> nn.Module:
+def _mask_vit(model: nn.Module, pruned, config: ViTConfig, prefix: str = "") -> nn.Module:
     """Zero what pruning drops (with the ORIGINAL attention scale) and replace dropped blocks
-    by identities: the function the pruned model must compute."""
+    by identities: the function the pruned model must compute. ``prefix``: where ``model``
+    sits in the pruned one (a cascade's earlier stage)."""
     qk = config.qk_dim or config.embed_dim // config.num_heads
     v = config.v_dim or config.embed_dim // config.num_heads
     h = config.num_heads
     with torch.no_grad():
         for b, block in enumerate(model.blocks):
-            kept = {c: set(pruned.kept[f"blocks.{b}.attn.{c}"].tolist())
+            kept = {c: set(pruned.kept[f"{prefix}blocks.{b}.attn.{c}"].tolist())
                     for c in ("heads", "qk", "v")}
             if config.attn == "mhsa":
                 for j in set(range(h * qk)) - kept["qk"]:
@@ -119,13 +121,13 @@ def _mask_vit(model: nn.Module, pruned, config: ViTConfig) -> nn.Module:
                     for p in (lin.weight, lin.bias):
                         p[j % qk] = 0
                         p[qk + j % qk] = 0
-            mlps = [(f"blocks.{b}.mlp", block.mlp)] + [
-                (f"blocks.{b}.pre_ffns.{k}", f.mlp) for k, f in enumerate(block.pre_ffns)]
+            mlps = [(f"{prefix}blocks.{b}.mlp", block.mlp)] + [
+                (f"{prefix}blocks.{b}.pre_ffns.{k}", f.mlp) for k, f in enumerate(block.pre_ffns)]
             for name, mlp in mlps:
                 dropped = set(range(mlp.fc1.out_features)) - set(
                     pruned.kept[f"{name}.hidden"].tolist())
                 mlp.fc2.weight[:, sorted(dropped)] = 0
-    for b in set(range(config.depth)) - set(pruned.kept["blocks.depth"].tolist()):
+    for b in set(range(config.depth)) - set(pruned.kept[f"{prefix}blocks.depth"].tolist()):
         model.blocks[b] = nn.Identity()
     return model
 
@@ -182,6 +184,45 @@ def test_pruned_model_computes_the_masked_original(name: str, keep: dict) -> Non
     scale = max(1.0, expected.abs().max().item())
     assert (got - expected).abs().max().item() <= 1e-5 * scale
     assert (original - expected).abs().max().item() > 1e-3 * scale  # pruning changed things
+
+
+CASCADE = VIT.replace(img_size=16, token_policy="cascade", sandwich=1)  # grids 2, 3, 4
+
+
+@pytest.mark.parametrize(("reuse", "keep"), [
+    ((True, True), {"qk": 0.5, "v": 0.67, "ffn": 0.3}),
+    ((True, False), {"heads": 0.67, "qk": 0.5, "ffn": 0.5}),
+    ((False, True), 0.5),
+])
+def test_a_pruned_cascade_computes_its_masked_original(reuse, keep) -> None:
+    config = CASCADE.replace(cascade_feature_reuse=reuse[0], cascade_relation_reuse=reuse[1])
+    model = make(config)
+    pruned = prune(config, model, random_scores(model, seed=3), keep)
+    assert (pruned.config.cascade_scales, pruned.config.cascade_relation_reuse) == (
+        config.cascade_scales, config.cascade_relation_reuse)
+    masked = make(config)  # every stage masked by its own kept groups
+    for k, stage in enumerate(masked.stages):
+        _mask_vit(stage, pruned, config, prefix=f"stages.{k}.")
+    _mask_vit(masked, pruned, config)
+    x = images(config)
+    with torch.no_grad():  # every stage's logits: the exits see the same confidences
+        expected, got, original = (torch.cat(m.forward_stages(x), -1)
+                                   for m in (masked, rebuild(pruned), model))
+    scale = max(1.0, expected.abs().max().item())
+    assert (got - expected).abs().max().item() <= 1e-5 * scale
+    assert (original - expected).abs().max().item() > 1e-3 * scale
+
+
+def test_relationship_reuse_keeps_heads_and_depth_whole() -> None:
+    config = CASCADE
+    assert prunable(config) == ("qk", "v", "ffn")
+    with pytest.raises(ValueError, match="heads cannot be pruned.*relationship reuse"):
+        keep_ratios(config, {"heads": 0.5})
+    plain = config.replace(cascade_relation_reuse=False)
+    model = make(plain)
+    pruned = prune(plain, model, random_scores(model), {"depth": 0.67, "heads": 0.67})
+    assert (pruned.config.depth, pruned.config.num_heads) == (2, 2)
+    rebuild(pruned)  # every stage loses its own blocks and heads: the state loads strictly
 
 
 def test_pruned_vit_widths_and_kept_ids() -> None:
