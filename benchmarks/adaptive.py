@@ -107,6 +107,8 @@ CASCADES = (("0.5+0.7", True, True), ("0.5+0.7", False, False), ("0.5+0.7", True
             ("0.5+0.7", False, True), ("0.5", True, True))  # grids 4, 5, 7 (4, 7); reuse
 CASCADE_EPOCHS = 2  # a cascade step costs ~1.9 parent steps (17 + 26 + 50 tokens)
 POINTS = 8
+CASCADE_POINTS = 12  # fitted points are cheap: a finer accuracy/cost curve
+EQUAL = 0.001  # "equal accuracy" to the parent: within 0.1 points (5 of 5,000 images)
 LIMITS = {"halt_eps": 0.6}  # the gate thresholds keep their default far ends
 GOAL_DROP = 0.01  # halting: at most 1 point of validation accuracy below the parent
 GATED_DROP = 0.02  # gated: at most 2 points
@@ -197,7 +199,18 @@ def usage_text(point: dict) -> str:
     """The usage figures of a point (tokens kept; heads, branches, patches kept)."""
     names = {"tokens_kept": "tokens", "usage_heads": "heads", "usage_branches": "branches",
              "usage_patches": "patches"}
-    return ", ".join(f"{short} {point[key]:.3f}" for key, short in names.items() if key in point)
+    text = ", ".join(f"{short} {point[key]:.3f}" for key, short in names.items() if key in point)
+    exits = [point[f"exit_share_{k}"] for k in range(1, 4) if f"exit_share_{k}" in point]
+    return text or ("exits " + " / ".join(f"{e:.2f}" for e in exits) if exits else "")
+
+
+def knob_text(name: str, value: float) -> str:
+    """A knob in a row label: gate thresholds by kind, exit thresholds as T1, T2."""
+    if name.startswith("gate_"):
+        name = name.split("_")[-2]
+    elif name.startswith("cascade_exit_"):
+        name = "T" + name.rsplit("_", 1)[1]
+    return f"{name}={value:g}"
 
 
 def check_skipping(config: ViTConfig, model: torch.nn.Module, data: Data) -> float:
@@ -225,11 +238,11 @@ def variants(data: Data, epochs: int) -> list[str]:
     for label, config, model in trained_variants(data, round(beta, 2), epochs):
         skip_diff = max(skip_diff, check_skipping(config, model, data))
         cost = cost_model("vit", config, model, data.input_shape)
-        knobs = operating_points("vit", config, model, data, points=POINTS, limits=LIMITS)
+        points = CASCADE_POINTS if config.token_policy == "cascade" else POINTS
+        knobs = operating_points("vit", config, model, data, points=points, limits=LIMITS)
         for point in budget_points("vit", config, model, data, knobs=knobs, batch_size=256,
                                    cost=cost):
-            name = label + " " + " ".join(f"{k.split('_')[-2] if k.startswith('gate_') else k}"
-                                          f"={v:g}" for k, v in point["knobs"].items())
+            name = label + " " + " ".join(knob_text(k, v) for k, v in point["knobs"].items())
             nets[name] = at_knobs("vit", config, model, point["knobs"],
                                   num_classes=data.num_classes, in_chans=data.in_chans)
             rows.append({"name": name, "policy": config.token_policy, **point})
@@ -261,8 +274,23 @@ def variants(data: Data, epochs: int) -> list[str]:
              "Skipping path against the masked formulation on 256 validation images: max "
              f"|logit difference| {skip_diff:.1e}.",
              "",
+             "Cascades (DVT): stage grids 4x4, 5x5, 7x7 (`0.5+0.7`) or 4x4, 7x7 (`0.5`), each "
+             "stage the resized image through the parent's patch size; every earlier stage "
+             "warm-started as the parent at its grid (position embedding resized, bicubic), "
+             "the reuse modules fresh (f: feature reuse, r: relationship reuse, 1 on, 0 off); "
+             f"the sum of the stages' cross-entropies, {CASCADE_EPOCHS} epochs on the 53,000 "
+             "training images left beside a 2,000-image calibration split. Operating points: "
+             "point 0 every exit off (the whole cascade), then exit thresholds T1, T2 fitted "
+             f"on the calibration split by DVT's rule (exit shares ~ q^k) for "
+             f"{CASCADE_POINTS - 1} "
+             "values of q evenly spaced in log q from 2.95 (most images run every stage) to "
+             "0.05 (most leave after the first); exits: the share of validation images "
+             "answered by each stage. The parent was trained on all 55,000 images, the "
+             "calibration images among them (the split was carved later): the stages start "
+             "from weights that saw them.", "",
              "Latency: median of interleaved calls of the inference path (token removal, "
-             "gate skipping) on real validation images, one thread.", "",
+             "gate skipping, early exit with the exited images leaving the batch) on real "
+             "validation images, one thread.", "",
              "| model | val acc | vs parent | MACs/image (M) | MACs saved | usage | "
              "b64 ms | b64 speedup | speedup / MACs reduction | b1 ms | b1 speedup |",
              "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
@@ -277,7 +305,8 @@ def variants(data: Data, epochs: int) -> list[str]:
                      f"{lat64[r['name']]:.2f} | {s64:.2f}x | {s64 / reduction:.2f} | "
                      f"{lat1[r['name']]:.3f} | {s1:.2f}x |")
     lines += ["", *halting_goal(rows, nets, data, parent, parent_acc, parent_macs),
-              "", *gated_goals(rows, targets, nets, data, parent, parent_acc, parent_macs)]
+              "", *gated_goals(rows, targets, nets, data, parent, parent_acc, parent_macs),
+              "", *cascade_goals(rows, nets, data, parent, parent_acc, parent_macs)]
     (WORK / "variants.json").write_text(json.dumps(rows, indent=1, default=str))
     return lines
 
@@ -334,6 +363,72 @@ def gated_goals(rows, targets, nets, data, parent, parent_acc, parent_macs) -> l
             f"MACs for 2.5 points), batch-64 speedup {best['s64']:.2f}x = {ratio:.2f} of its "
             f"MACs reduction ({'met' if ratio >= 0.7 else 'missed'}: >= 0.7 asked), batch 1 "
             f"{best['s1']:.2f}x. " + test_line(best, nets, data, parent)]
+    return out
+
+
+ABLATION_MMACS = (15.0, 20.0, 25.0, 30.0, 36.42)  # equal-cost levels of the reuse ablation
+
+
+def accuracy_at(points: list[dict], macs: float) -> float | None:
+    """Accuracy of a cascade's points at ``macs`` per image, linear between the two points
+    around it on its accuracy/MACs front (None outside the points' range)."""
+    front, best = [], -1.0
+    for r in sorted(points, key=lambda r: r["macs"]):  # kept if above every cheaper point
+        if r["accuracy"] > best:
+            front.append(r)
+            best = r["accuracy"]
+    for lo, hi in zip(front, front[1:], strict=False):
+        if lo["macs"] <= macs <= hi["macs"]:
+            w = (macs - lo["macs"]) / (hi["macs"] - lo["macs"])
+            return lo["accuracy"] + w * (hi["accuracy"] - lo["accuracy"])
+    return None
+
+
+def cascade_goals(rows, nets, data, parent, parent_acc, parent_macs) -> list[str]:
+    """DVT goals: at the cheapest point as accurate as the parent, >= 1.5x the parent's speed
+    at batch 64; what each reuse buys in accuracy at equal cost."""
+    cascades = {}
+    for r in rows:
+        if r["policy"] == "cascade":
+            cascades.setdefault(r["name"].rsplit(" T1=", 1)[0], []).append(r)
+    out = ["Cascade goals (DVT's T2T-ViT: 1.4-1.7x faster on GPU at equal accuracy; here "
+           f"equal: at most {EQUAL * 100:g} points below the parent's {parent_acc:.4f}, and "
+           "strictly at or above it):", ""]
+    best_overall = None
+    for label, points in cascades.items():
+        for name, floor in (("equal", parent_acc - EQUAL), (">=", parent_acc)):
+            ok = [r for r in points if r["accuracy"] >= floor - 1e-9]
+            if not ok:
+                top = max(points, key=lambda r: r["accuracy"])
+                out.append(f"- `{label}`, {name}: no point (best {top['accuracy']:.4f} at "
+                           f"{top['macs'] / 1e6:.2f} MMACs)")
+                continue
+            best = min(ok, key=lambda r: r["macs"])
+            if name == "equal" and (best_overall is None or best["s64"] > best_overall["s64"]):
+                best_overall = best
+            out.append(f"- `{label}`, {name}: the cheapest point is `{best['name']}` "
+                       f"({best['accuracy']:.4f}, {best['macs'] / 1e6:.2f} MMACs, "
+                       f"{1 - 1 / best['reduction']:.1%} fewer; exits {usage_text(best)[6:]}): "
+                       f"batch 64 {best['s64']:.2f}x "
+                       f"({'met' if best['s64'] >= 1.5 else 'missed'}: >= 1.5x asked), "
+                       f"batch 1 {best['s1']:.2f}x")
+    if best_overall is not None:
+        out += ["", f"The fastest of them, `{best_overall['name']}`: "
+                + test_line(best_overall, nets, data, parent)]
+    ablation = {label: pts for label, pts in cascades.items() if label.startswith(
+        "cascade 0.5+0.7 ")}
+    if len(ablation) > 1:
+        out += ["", "Reuse ablation (`0.5+0.7`, f: feature reuse, r: relationship reuse): "
+                "validation accuracy at equal executed MACs, linear between the two nearest "
+                "points of each cascade's front (- outside its points):", "",
+                "| cascade | whole cascade acc | whole cascade MMACs | "
+                + " | ".join(f"acc at {m:g} MMACs" for m in ABLATION_MMACS) + " |",
+                "|---|---:|---:|" + "---:|" * len(ABLATION_MMACS)]
+        for label, pts in ablation.items():
+            whole = next(r for r in pts if r["point"] == 0)
+            cells = [accuracy_at(pts, m * 1e6) for m in ABLATION_MMACS]
+            out.append(f"| {label} | {whole['accuracy']:.4f} | {whole['macs'] / 1e6:.2f} | "
+                       + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |")
     return out
 
 

@@ -1,21 +1,22 @@
-"""One study mixing static, halting and gated ViTs (warm-started from a trained parent)
-against a static-only search of the same trial budget. Needs Ray (two real searches).
+"""One study mixing static, halting, gated and cascade ViTs (warm-started from a trained
+parent) against a static-only search of the same trial budget. Needs Ray (two real searches).
 
-Writes results/benchmarks/mixed_search.md. Both searches start from configs/vit_adaptive.yaml
+Writes results/benchmarks/mixed_search.md. Both searches start from configs/vit_cascade.yaml
 with the same data (a Fashion-MNIST training subset, the adaptive benchmark's 5,000
 validation images), the same trial count, epochs per trial and sampler:
 
 - ``mixed``: ``init.weights`` = the adaptive benchmark's static parent (96 wide, 6 blocks,
   3 heads: results/adaptive/parent, made by ``benchmarks/adaptive.py parent``), which fixes
-  every architecture dimension; the search draws the token policy (static, halting, gating)
-  and its knobs, and each trial fine-tunes the parent (the gates start fresh);
+  every architecture dimension; the search draws the token policy (static, halting, gating,
+  cascade) and its knobs, and each trial fine-tunes the parent (the gates and the cascades'
+  reuse modules start fresh, a cascade's earlier stages as the parent at their grids);
 - ``static``: ``token_policy: static`` over widths, depths and heads, trained from scratch
   with the same per-trial budget.
 
 Objectives accuracy and executed MACs per image (deterministic; latency is noisy on a shared
 machine). Every operating point of an adaptive trial is a front candidate.
 
-    python benchmarks/mixed_search.py [--trials 6] [--epochs 2] [--train-size 8000]
+    python benchmarks/mixed_search.py [--trials 8] [--epochs 2] [--train-size 8000]
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from nas.search import run_search  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PARENT = ROOT / "results" / "adaptive" / "parent"
-SPEC = ROOT / "configs" / "vit_adaptive.yaml"
+SPEC = ROOT / "configs" / "vit_cascade.yaml"
 OBJECTIVES = ["accuracy:max", "macs:min"]
 
 
@@ -55,7 +56,9 @@ def describe(row: pd.Series) -> str:
     policy = cfg["token_policy"]
     what = {"static": f"static {cfg['embed_dim']}w x{cfg['depth']} {cfg['num_heads']}h",
             "halting": f"halting target {cfg['halt_target']:g}",
-            "gating": f"gating {cfg['gate_kinds']}"}[policy]
+            "gating": f"gating {cfg['gate_kinds']}",
+            "cascade": f"cascade {cfg['cascade_scales']} f{int(cfg['cascade_feature_reuse'])}"
+                       f"r{int(cfg['cascade_relation_reuse'])}"}[policy]
     knobs = json.loads(row["knobs"]) if isinstance(row.get("knobs"), str) else {}
     return what + ("" if not knobs else " @ " + ", ".join(f"{k}={v:g}"
                                                            for k, v in knobs.items()))
@@ -63,7 +66,7 @@ def describe(row: pd.Series) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-size", type=int, default=8000)
     args = parser.parse_args()
@@ -86,13 +89,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     reference = [0.0, float(max(mixed["full_macs"].max(), static["full_macs"].max()))]
     lines = header("A mixed adaptive study against a static-only one") + [
-        f"Two searches of {args.trials} trials each from `configs/vit_adaptive.yaml` (NSGA-II, "
+        f"Two searches of {args.trials} trials each from `configs/vit_cascade.yaml` (NSGA-II, "
         f"{args.epochs} epochs per trial on {args.train_size:,} Fashion-MNIST training "
         "images, the 5,000 validation images the parent was selected on), objectives "
         "accuracy and executed MACs per image. `mixed`: every candidate warm-started from "
         "the static parent of results/benchmarks/adaptive.md (trained 10 epochs on 55,000 "
         "images: the mixed study inherits that training), token policy static / halting / "
-        "gating drawn with its knobs (lr 5e-4). `static`: static ViTs (width 48-144, "
+        "gating / cascade drawn with its knobs (lr 5e-4; a cascade's exit thresholds fitted "
+        "on 1,000 calibration images). `static`: static ViTs (width 48-144, "
         "depth 3-8, 2-4 heads) from scratch (lr 2e-3). Hypervolume reference: accuracy 0, "
         f"{reference[1] / 1e6:.2f} MMACs.", "",
         "| study | trials | rows (points) | front size | hypervolume (accuracy x MMACs) |",

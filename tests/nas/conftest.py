@@ -39,6 +39,29 @@ def export_point():
     return _export_point
 
 
+def _prune_policy_trial(study: Path, policy: str, out: Path) -> tuple[dict, dict]:
+    """`nas prune --keep 0.5` of the study's first trial of token policy ``policy`` into
+    ``out`` (must succeed); returns that trial's config and the pruned config."""
+    import json
+
+    from nas.results import load_results
+
+    frame = load_results(study)
+    configs = {t: json.loads(c) for t, c in zip(frame["trial"], frame["config"], strict=True)}
+    trial = next(t for t, c in configs.items() if c["token_policy"] == policy)
+    proc = nas("prune", str(study), "--trial", str(trial), "--keep", "0.5", "--out", str(out),
+               cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr
+    return configs[trial], json.loads((out / "config.json").read_text())["config"]
+
+
+@pytest.fixture(scope="session")
+def prune_policy_trial():
+    """``prune_policy_trial(study, policy, out)``: `nas prune --keep 0.5` of the first trial
+    of that token policy; returns (its config, the pruned config)."""
+    return _prune_policy_trial
+
+
 @pytest.fixture(scope="session")
 def run_nas():
     """``run_nas(*args, cwd=...)``: the CLI in a subprocess."""

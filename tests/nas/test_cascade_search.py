@@ -87,16 +87,9 @@ def test_export_of_a_cascade_point_reloads_with_its_exits_and_cost(cascade_study
     assert float((exits == 0).double().mean()) == pytest.approx(row["exit_share_1"])
 
 
-def test_a_cascade_trial_is_pruned_stage_by_stage(cascade_study, run_nas, tmp_path):
-    study, _ = cascade_study
-    frame = load_results(study)
-    trial = next(t for t, c in _configs(frame).items() if c["token_policy"] == "cascade")
+def test_a_cascade_trial_is_pruned_stage_by_stage(cascade_study, prune_policy_trial, tmp_path):
     out = tmp_path / "pruned"
-    proc = run_nas("prune", str(study), "--trial", str(trial), "--keep", "0.5", "--out",
-                   str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    before = _configs(frame)[trial]
-    after = json.loads((out / "config.json").read_text())["config"]
+    before, after = prune_policy_trial(cascade_study[0], "cascade", out)
     assert after["token_policy"] == "cascade"
     assert after["cascade_scales"] == before["cascade_scales"]
     assert int(after["embed_dim"] * after["mlp_ratio"]) == int(

@@ -78,15 +78,10 @@ def test_export_of_a_gated_point_reloads_with_its_logits_and_cost(gated_study, e
     assert again["macs"] == pytest.approx(row["macs"])  # same decisions: same cost
 
 
-def test_a_gated_trial_is_pruned_and_keeps_its_gates(gated_study, run_nas, tmp_path):
-    study, _ = gated_study
-    frame = load_results(study)
-    trial = next(t for t, c in _configs(frame).items() if c["token_policy"] == "gating")
+def test_a_gated_trial_is_pruned_and_keeps_its_gates(gated_study, prune_policy_trial,
+                                                     tmp_path):
     out = tmp_path / "pruned"
-    proc = run_nas("prune", str(study), "--trial", str(trial), "--keep", "0.5", "--out",
-                   str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    exported = json.loads((out / "config.json").read_text())["config"]
+    before, exported = prune_policy_trial(gated_study[0], "gating", out)
     assert exported["token_policy"] == "gating"
-    assert exported["gate_kinds"] == _configs(frame)[trial]["gate_kinds"]
+    assert exported["gate_kinds"] == before["gate_kinds"]
     nas.load_exported(out)  # the pruned gated model reloads with its probe logits

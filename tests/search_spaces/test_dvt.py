@@ -61,7 +61,9 @@ def test_thresholds_fitted_by_hand_give_exact_exit_fractions() -> None:
     assert (t1, t2) == (pytest.approx(0.99), pytest.approx(0.97))  # .97 (7) and .99 (2)
     # q = 59/20 on 3 images: floor(3 * 0.075) = 0 leave at stage 1: that exit is off
     assert fit_thresholds(conf[:3], exit_proportions(2.95, 3))[0] == OFF
-    assert schedule(1) == (1.0,) and schedule(3) == (2.95, 1.5, 0.05)
+    # q spaced evenly in log q: the middle of 3 is sqrt(2.95 x 0.05) = 0.38406
+    assert schedule(1) == (1.0,) and schedule(3) == (2.95, 0.3841, 0.05)
+    assert exit_proportions(0.25, 3) == pytest.approx(exit_proportions(4.0, 3)[::-1])
 
 
 def test_operating_points_fit_on_calibration_outputs_and_need_them() -> None:
