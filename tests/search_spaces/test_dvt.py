@@ -157,13 +157,31 @@ def test_reuse_changes_the_next_stage_and_gets_gradients() -> None:
             before = after
 
 
+def _resized_axis_by_axis(x: torch.Tensor, g_from: int, g_to: int) -> torch.Tensor:
+    """The reference: every patch axis of the maps resized with resize_grid, in turn."""
+    def axis(t: torch.Tensor) -> torch.Tensor:
+        grid = dvt.resize_grid(t.reshape(-1, 1, g_from, g_from), g_to)
+        return grid.reshape(*t.shape[:-1], g_to * g_to)
+
+    row = axis(x[:, :, :1, 1:])
+    col = axis(x[:, :, 1:, :1].transpose(-1, -2)).transpose(-1, -2)
+    pairs = axis(axis(x[:, :, 1:, 1:]).transpose(-1, -2)).transpose(-1, -2)
+    top = torch.cat([x[:, :, :1, :1], row], dim=-1)
+    return torch.cat([top, torch.cat([col, pairs], dim=-1)], dim=-2)
+
+
 def test_relation_resize_keeps_the_class_token_apart() -> None:
     x = torch.full((1, 2, 5, 5), 3.0)  # 2x2 grid + class token
     x[:, :, 0, 0], x[:, :, 0, 1:], x[:, :, 1:, 0] = 5.0, 1.0, 2.0
-    y = dvt.resize_relation(x, 2, 3)
+    y = dvt.resize_relation(x, dvt.relation_matrix(2, 3))
     assert y.shape == (1, 2, 10, 10)
     assert (y[:, :, 0, 0] == 5).all() and (y[:, :, 0, 1:] == 1).all()
     assert (y[:, :, 1:, 0] == 2).all() and (y[:, :, 1:, 1:] == 3).all()
+    for g_from, g_to in ((2, 3), (4, 5), (5, 7), (3, 2)):  # == resizing axis by axis
+        n1 = 1 + g_from * g_from
+        maps = torch.randn(2, 3, n1, n1, generator=torch.Generator().manual_seed(g_to))
+        torch.testing.assert_close(dvt.resize_relation(maps, dvt.relation_matrix(g_from, g_to)),
+                                   _resized_axis_by_axis(maps, g_from, g_to))
     grid = torch.arange(4.0).view(1, 1, 2, 2)
     assert dvt.resize_grid(grid, 4).tolist() == [[[[0, 0, 1, 1], [0, 0, 1, 1],
                                                    [2, 2, 3, 3], [2, 2, 3, 3]]]]
@@ -206,6 +224,9 @@ def test_cost_is_fvcore_of_each_stage_cumulated(changes) -> None:
     assert per.tolist() == pytest.approx([cost.cumulative[s] for s in stage.tolist()])
     usage = cost.usage({"cascade_exit": stage})
     assert usage["exit_share_1"].mean() == 0.5 and usage["exit_share_3"].mean() == 0.25
+    fresh = built(config)  # counted first in eval mode: the same (a trial counts in train)
+    again = VIT.adaptive(config).cost_model(fresh.eval(), (1, IMG, IMG), count_macs)
+    assert again.cumulative == cost.cumulative
 
 
 # ------------------------------------------------------------------------- warm start, config
