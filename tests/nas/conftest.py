@@ -39,6 +39,18 @@ def export_point():
     return _export_point
 
 
+def _trial_configs(frame) -> dict[int, dict]:
+    import json
+
+    return {t: json.loads(c) for t, c in zip(frame["trial"], frame["config"], strict=True)}
+
+
+@pytest.fixture(scope="session")
+def trial_configs():
+    """``trial_configs(frame)``: each results row's config (a dict) by trial number."""
+    return _trial_configs
+
+
 def _prune_policy_trial(study: Path, policy: str, out: Path) -> tuple[dict, dict]:
     """`nas prune --keep 0.5` of the study's first trial of token policy ``policy`` into
     ``out`` (must succeed); returns that trial's config and the pruned config."""
@@ -46,8 +58,7 @@ def _prune_policy_trial(study: Path, policy: str, out: Path) -> tuple[dict, dict
 
     from nas.results import load_results
 
-    frame = load_results(study)
-    configs = {t: json.loads(c) for t, c in zip(frame["trial"], frame["config"], strict=True)}
+    configs = _trial_configs(load_results(study))
     trial = next(t for t, c in configs.items() if c["token_policy"] == policy)
     proc = nas("prune", str(study), "--trial", str(trial), "--keep", "0.5", "--out", str(out),
                cwd=out.parent)

@@ -36,14 +36,10 @@ def cascade_study(tmp_path_factory, search_study):
                         "cascade", SMALL)
 
 
-def _configs(frame):
-    return {t: json.loads(c) for t, c in zip(frame["trial"], frame["config"], strict=True)}
-
-
-def test_cascade_trials_give_fitted_operating_points(cascade_study):
+def test_cascade_trials_give_fitted_operating_points(trial_configs, cascade_study):
     study, proc = cascade_study
     frame = load_results(study)
-    configs = _configs(frame)
+    configs = trial_configs(frame)
     assert {c["token_policy"] for c in configs.values()} == {"static", "cascade"}
     assert (frame["status"] == "complete").all()
     for trial, config in configs.items():
@@ -65,11 +61,11 @@ def test_cascade_trials_give_fitted_operating_points(cascade_study):
         assert f"trial {trial}: {POINTS} budget points" in proc.stdout
 
 
-def test_export_of_a_cascade_point_reloads_with_its_exits_and_cost(cascade_study,
+def test_export_of_a_cascade_point_reloads_with_its_exits_and_cost(trial_configs, cascade_study,
                                                                    export_point, tmp_path):
     study, _ = cascade_study
     frame = load_results(study)
-    trial = next(t for t, c in _configs(frame).items() if c["token_policy"] == "cascade")
+    trial = next(t for t, c in trial_configs(frame).items() if c["token_policy"] == "cascade")
     row = frame[(frame["trial"] == trial) & (frame["point"] == 2)].iloc[0]
     out = tmp_path / "point"
     config = export_point(study, trial, 2, out)

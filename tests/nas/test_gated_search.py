@@ -33,14 +33,10 @@ def gated_study(tmp_path_factory, search_study):
                         "gating", SMALL)
 
 
-def _configs(frame):
-    return {t: json.loads(c) for t, c in zip(frame["trial"], frame["config"], strict=True)}
-
-
-def test_gated_trials_give_a_row_per_operating_point(gated_study):
+def test_gated_trials_give_a_row_per_operating_point(trial_configs, gated_study):
     study, proc = gated_study
     frame = load_results(study)
-    configs = _configs(frame)
+    configs = trial_configs(frame)
     assert {c["token_policy"] for c in configs.values()} == {"gating"}
     assert len({c["gate_kinds"] for c in configs.values()}) > 1  # the gate kinds are searched
     assert (frame["status"] == "complete").all()
@@ -59,11 +55,11 @@ def test_gated_trials_give_a_row_per_operating_point(gated_study):
         assert f"trial {trial}: {POINTS} budget points" in proc.stdout
 
 
-def test_export_of_a_gated_point_reloads_with_its_logits_and_cost(gated_study, export_point,
-                                                                  tmp_path):
+def test_export_of_a_gated_point_reloads_with_its_logits_and_cost(trial_configs, gated_study,
+                                                                  export_point, tmp_path):
     study, _ = gated_study
     frame = load_results(study)
-    trial = next(t for t, c in _configs(frame).items() if c["token_policy"] == "gating")
+    trial = next(t for t, c in trial_configs(frame).items() if c["token_policy"] == "gating")
     row = frame[(frame["trial"] == trial) & (frame["point"] == 1)].iloc[0]
     out = tmp_path / "point"
     config = export_point(study, trial, 1, out)

@@ -34,15 +34,14 @@ def halting_study(tmp_path_factory, search_study):
                         "mixed", SMALL)
 
 
-def _policies(frame):
-    return {t: json.loads(c)["token_policy"] for t, c in zip(frame["trial"], frame["config"],
-                                                                strict=True)}
+def _policies(trial_configs, frame):
+    return {t: c["token_policy"] for t, c in trial_configs(frame).items()}
 
 
-def test_halting_trials_give_a_row_per_budget_point(halting_study):
+def test_halting_trials_give_a_row_per_budget_point(halting_study, trial_configs):
     study, proc = halting_study
     frame = load_results(study)
-    policies = _policies(frame)
+    policies = _policies(trial_configs, frame)
     assert set(policies.values()) == {"static", "halting"}  # the space mixes both
     assert (frame["status"] == "complete").all()
     for trial, policy in policies.items():
@@ -82,11 +81,11 @@ def test_pareto_considers_every_budget_point(halting_study, run_nas, tmp_path):
     assert shown.returncode == 0 and "points" in shown.stdout and "3 trials" in shown.stdout
 
 
-def test_export_of_a_budget_point_reloads_with_its_behaviour(halting_study, run_nas,
+def test_export_of_a_budget_point_reloads_with_its_behaviour(halting_study, run_nas, trial_configs,
                                                              export_point, tmp_path):
     study, _ = halting_study
     frame = load_results(study)
-    trial = next(t for t, p in _policies(frame).items() if p == "halting")
+    trial = next(t for t, p in _policies(trial_configs, frame).items() if p == "halting")
     row = frame[(frame["trial"] == trial) & (frame["point"] == POINTS - 1)].iloc[0]
     out = tmp_path / "point"
     config = export_point(study, trial, POINTS - 1, out)
@@ -104,10 +103,11 @@ def test_export_of_a_budget_point_reloads_with_its_behaviour(halting_study, run_
     assert not (tmp_path / "bad").exists()
 
 
-def test_importance_and_pruning_of_a_halting_trial(halting_study, run_nas, tmp_path):
+def test_importance_and_pruning_of_a_halting_trial(halting_study, run_nas, trial_configs,
+                                                   tmp_path):
     study, _ = halting_study
     frame = load_results(study)
-    trial = next(t for t, p in _policies(frame).items() if p == "halting")
+    trial = next(t for t, p in _policies(trial_configs, frame).items() if p == "halting")
     assert (study / "trials" / str(trial) / "importance.safetensors").is_file()
     shown = run_nas("importance", str(study), "--trial", str(trial), cwd=tmp_path)
     assert shown.returncode == 0 and "ffn" in shown.stdout, shown.stderr
