@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from .adaptive import Adaptive, BudgetKnob, Calibration, Count, LossTerm, ladder
@@ -154,19 +154,6 @@ BUDGET_KNOBS = {
 def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> dict[str, Any]:
     """The ``cascade_*`` fields of a cascade candidate."""
     return {name: dims[name].suggest(trial, name) for name in DIMS}
-
-
-def resize_pos_embed(pos: torch.Tensor, grid: int) -> torch.Tensor:
-    """A position embedding (1, 1 + g^2, D) resized to ``grid`` x ``grid`` patch positions
-    (bicubic, antialiased, as timm resamples one), the class token's entry kept."""
-    side = math.isqrt(pos.shape[1] - 1)
-    if side == grid:
-        return pos
-    patches = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
-    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False,
-                            antialias=True)
-    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).to(pos.dtype)
-    return torch.cat([pos[:, :1], patches], dim=1)
 
 
 def exit_proportions(q: float, stages: int) -> tuple[float, ...]:
@@ -311,11 +298,12 @@ class Cascade(Adaptive):
 
     def inherited(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every earlier stage starts as the parent (the tensors the last stage loads), its
-        position embedding resized to the stage's grid; the reuse modules start fresh.
+        position embedding resized to the stage's grid (timm's bicubic resampling, the class
+        token kept); the reuse modules start fresh.
         (``init.fresh: ["stages.*"]`` starts the earlier stages fresh instead.)"""
         c = self.config
         grids = grids_of(c.cascade_scales, c.img_size // c.patch_size)
-        return {f"stages.{i}.{name}": resize_pos_embed(tensor, g) if name == "pos_embed"
+        return {f"stages.{i}.{name}": resample_abs_pos_embed(tensor, (g, g)) if name == "pos_embed"
                 else tensor for i, g in enumerate(grids[:-1]) for name, tensor in weights.items()}
 
     def loss_terms(self) -> tuple[LossTerm, ...]:

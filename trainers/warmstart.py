@@ -140,8 +140,8 @@ def warm_start(model: nn.Module, init: InitWeights, *, adaptive: Adaptive | None
     starts_fresh = plan(model, init.shapes, adaptive=adaptive, fresh=fresh)
     weights = load_file(str(init.file))
     state = model.state_dict()
-    chosen = set(starts_fresh) - {n for n in starts_fresh if any(
-        fnmatch.fnmatchcase(n, p) for p in fresh)}  # the caller's fresh tensors stay fresh
+    chosen = {n for n in starts_fresh  # the caller's fresh tensors stay fresh
+              if not any(fnmatch.fnmatchcase(n, p) for p in fresh)}
     derived = {n: t for n, t in (adaptive.inherited(weights) if adaptive else {}).items()
                if n in chosen and tuple(t.shape) == tuple(state[n].shape)}
     with torch.no_grad():

@@ -250,7 +250,13 @@ def test_the_last_stage_warm_starts_from_a_static_parent() -> None:
 def test_earlier_stages_start_as_the_parent_with_a_resized_position_embedding(
         tmp_path) -> None:
     from safetensors.torch import save_file
-    from timm.layers import resample_abs_pos_embed  # the independent reference
+
+    def resized(pos: torch.Tensor, grid: int) -> torch.Tensor:  # bicubic, class token apart
+        side = math.isqrt(pos.shape[1] - 1)
+        patches = pos[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        patches = F.interpolate(patches, size=(grid, grid), mode="bicubic",
+                                align_corners=False, antialias=True)
+        return torch.cat([pos[:, :1], patches.permute(0, 2, 3, 1).flatten(1, 2)], dim=1)
 
     torch.manual_seed(0)
     parent = VIT.build(cascade(token_policy="static"), num_classes=CLASSES, in_chans=1).eval()
@@ -263,7 +269,7 @@ def test_earlier_stages_start_as_the_parent_with_a_resized_position_embedding(
                          for n in fresh)  # only the reuse modules start fresh
     state = model.state_dict()
     for k, grid in enumerate(model.cascade.grids[:-1]):
-        want = resample_abs_pos_embed(parent.pos_embed, (grid, grid), num_prefix_tokens=1)
+        want = resized(parent.pos_embed.detach(), grid)
         torch.testing.assert_close(state[f"stages.{k}.pos_embed"], want)
         for name, tensor in parent.state_dict().items():
             if name != "pos_embed":
