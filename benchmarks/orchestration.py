@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import header, write_table  # noqa: E402
 
 from nas import spec as specs  # noqa: E402
+from nas.samplers import make_sampler  # noqa: E402
 from nas.search import run_search  # noqa: E402
-from nas.searcher import make_sampler  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

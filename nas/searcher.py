@@ -26,7 +26,6 @@ with the user attribute ``origin`` ("proposal:from=N:component"); the sampler dr
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import numbers
 from collections.abc import Mapping, Sequence
@@ -41,40 +40,14 @@ from search_spaces.dims import Dim
 
 from .durable import PER_EPOCH
 from .guidance import propose, study_rows
-from .spec import METRICS, Constraint, SearchSpec
+from .samplers import make_sampler
+from .spec import METRICS, SearchSpec
 
 # knobs: point 0's, JSON; points: every budget point, JSON; failed: a deterministic failure
 RECORDED = (*METRICS, "epoch", "infeasible", "knobs", "points", "failed")
 # the importance summary (trainers.importance.summarize) and the warm start's provenance
 RECORDED_PREFIXES = ("imp_", "init_")
 log = logging.getLogger("nas")
-
-
-def make_sampler(spec: SearchSpec, *, offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler; ``offset`` (the trials a resumed study has) moves its seed, so a
-    resumed sampler does not replay the draws it made before."""
-    s = dataclasses.replace(spec.sampler, seed=spec.sampler.seed + offset)
-    constraints = Violations(spec.constraints) if spec.constraints else None
-    if s.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=s.seed,
-                                             constraints_func=constraints)
-    if s.name == "tpe":
-        return optuna.samplers.TPESampler(seed=s.seed, constraints_func=constraints)
-    return optuna.samplers.RandomSampler(seed=s.seed)
-
-
-class Violations:
-    """Optuna constraints function: one value per constraint, <= 0 where it holds.
-
-    A class, not a closure: Ray saves the searcher (and its sampler) with pickle.
-    """
-
-    def __init__(self, constraints: Sequence[Constraint]) -> None:
-        self.constraints = tuple(constraints)
-
-    def __call__(self, trial: FrozenTrial) -> Sequence[float]:
-        return [c.violation(float(trial.user_attrs.get(c.metric, float("inf"))))
-                for c in self.constraints]
 
 
 class DrawCandidate:

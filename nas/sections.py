@@ -158,15 +158,20 @@ class HalvingSpec:
         return dataclasses.replace(self, max_t=self.max_t or epochs)
 
 
+SAMPLERS = ("nsga2", "tpe", "random")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplerSpec:
+    """``name``: one of :data:`SAMPLERS` (nas/samplers.py makes each)."""
+
     name: str = "nsga2"
     seed: int = 0
     population_size: int = 8
 
     def __post_init__(self) -> None:
-        if self.name not in ("nsga2", "tpe", "random"):
-            fail("sampler.name", self.name, "allowed: nsga2, tpe, random")
+        if self.name not in SAMPLERS:
+            fail("sampler.name", self.name, f"allowed: {', '.join(SAMPLERS)}")
         at_least("sampler.population_size", self.population_size, 2)
 
 
