@@ -24,6 +24,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 SDPA_OP = "aten::scaled_dot_product_attention"
+MATMUL_OP = "aten::matmul"
 
 
 def count_params(model: nn.Module) -> int:
@@ -44,11 +45,20 @@ def sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return lead * lq * lk * dqk + lead * lq * lk * dv
 
 
+def matmul_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``a @ b`` with broadcasting: every output element is one dot product
+    over ``a``'s last dim. fvcore's own handle counts ``prod(a.shape) * b.shape[-1]``, which
+    misses the batch dims of ``b`` when ``a`` is a 2-D matrix (``M @ X`` with X batched is
+    counted as if X held one matrix)."""
+    a, out = get_shape(inputs[0]), get_shape(outputs[0])
+    return math.prod(out) * a[-1]
+
+
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """MACs of one forward pass on ONE sample of ``input_shape`` (no batch dim: (C, H, W)).
 
     Traced with fvcore in eval mode on a batch of 1 (the model's mode is restored), fused
-    attention counted by :func:`sdpa_macs`. Data-dependent models are counted on the path
+    attention counted by :func:`sdpa_macs`, matrix products by :func:`matmul_macs`. Data-dependent models are counted on the path
     that the random input takes.
     """
     param = next(model.parameters(), None)
@@ -57,15 +67,21 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     was_training = model.training
     model.eval()
     try:
-        analysis = (
-            FlopCountAnalysis(model, (x,))
-            .set_op_handle(SDPA_OP, sdpa_macs)
-            .unsupported_ops_warnings(False)
-            .uncalled_modules_warnings(False)
-        )
-        return int(analysis.total())
+        return trace_macs(model, (x,))
     finally:
         model.train(was_training)
+
+
+def trace_macs(module: nn.Module, inputs: tuple[Any, ...]) -> int:
+    """fvcore's MACs of ``module(*inputs)`` as traced, with this module's handles for fused
+    attention and broadcasting matrix products (what :func:`count_macs` counts with)."""
+    analysis = (
+        FlopCountAnalysis(module, inputs)
+        .set_op_handle(SDPA_OP, sdpa_macs, MATMUL_OP, matmul_macs)
+        .unsupported_ops_warnings(False)
+        .uncalled_modules_warnings(False)
+    )
+    return int(analysis.total())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 import search_spaces
@@ -18,7 +17,7 @@ from search_spaces.config import ConfigError
 from search_spaces.dims import Choice, Fixed
 from search_spaces.vit import ViTConfig, check_dims
 from trainers.losses import objective_for
-from trainers.measure import SDPA_OP, count_macs, sdpa_macs
+from trainers.measure import count_macs, trace_macs
 from trainers.warmstart import plan, read_init, warm_start
 
 VIT = search_spaces.get("vit")
@@ -198,8 +197,29 @@ class _StageAlone(nn.Module):
 
 
 def fvcore(module: nn.Module, inputs: tuple) -> float:
-    return float(FlopCountAnalysis(module, inputs).set_op_handle(SDPA_OP, sdpa_macs)
-                 .unsupported_ops_warnings(False).uncalled_modules_warnings(False).total())
+    return float(trace_macs(module, inputs))
+
+
+class _Resize(nn.Module):
+    def __init__(self, g_from: int, g_to: int) -> None:
+        super().__init__()
+        self.register_buffer("matrix", dvt.relation_matrix(g_from, g_to))
+
+    def forward(self, x):
+        return dvt.resize_relation(x, self.matrix)
+
+
+@pytest.mark.parametrize(("g_from", "g_to"), [(4, 5), (5, 7), (2, 3)])
+def test_relation_resize_is_counted_map_by_map(g_from, g_to) -> None:
+    channels = 4 * 3  # layers x heads maps per image
+    n1, n2 = 1 + g_from**2, 1 + g_to**2
+    # M @ X: n2 x n1 times n1 x n1 for every map; then (.) @ M^T: n2 x n1 times n1 x n2
+    by_hand = channels * (n2 * n1 * n1 + n2 * n1 * n2)
+    assert count_macs(_Resize(g_from, g_to), (channels, n1, n1)) == by_hand
+    # and the same for the module a cascade runs (its channel MLP counted apart)
+    reuse = dvt.RelationReuse(4, 3, g_from, g_to)
+    mlp = n1 * n1 * (channels * 3 * channels) * 2  # fc1 and fc2 per map position
+    assert count_macs(reuse, (4, 3, n1, n1)) == by_hand + mlp
 
 
 @pytest.mark.parametrize("changes", [{}, {"attn": "cga", "sandwich": 1},

@@ -8,7 +8,6 @@ import math
 import optuna
 import pytest
 import torch
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
 from search_spaces import gates
@@ -19,7 +18,7 @@ from search_spaces.gating import SUBSETS, TARGETS, Gating
 from search_spaces.output import ModelOutput
 from search_spaces.vit import DIMS, Block, FFNBlock, ViTConfig, build, suggest
 from trainers.losses import objective_for, usage_loss, usage_where_loss
-from trainers.measure import SDPA_OP, count_macs, sdpa_macs
+from trainers.measure import count_macs, trace_macs
 from trainers.warmstart import plan
 
 IMG, PATCH, DIM, HEADS = 16, 4, 24, 3  # 16 patch tokens + the class token
@@ -180,9 +179,7 @@ def test_full_cost_is_the_static_model_plus_its_gates() -> None:
 
 def traced_macs(model: nn.Module, x: torch.Tensor) -> float:
     """fvcore's count of the path ``model`` really runs on ``x`` (one image)."""
-    analysis = (FlopCountAnalysis(model, (x,)).set_op_handle(SDPA_OP, sdpa_macs)
-                .unsupported_ops_warnings(False).uncalled_modules_warnings(False))
-    return float(analysis.total())
+    return float(trace_macs(model, (x,)))
 
 
 @pytest.mark.parametrize("attn", ["mhsa", "cga"])

@@ -64,6 +64,25 @@ def test_fused_attention_is_counted_like_the_unfused_reference() -> None:
     assert fused == unfused
 
 
+class _Broadcast(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("m", torch.ones(10, 5))
+
+    def forward(self, x):
+        return self.m @ x  # (10, 5) @ (B, 4, 5, 5): every one of the 4 maps multiplied
+
+
+def test_matrix_products_count_the_batch_dims_of_either_operand() -> None:
+    assert count_macs(_Broadcast(), (4, 5, 5)) == 4 * 10 * 5 * 5  # 1,000 (fvcore says 250)
+    assert count_macs(Matmul(), (4, 5, 5)) == 4 * 5 * 5 * 5
+
+
+class Matmul(nn.Module):
+    def forward(self, x):
+        return x @ x
+
+
 def test_count_macs_restores_the_training_mode() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).train()
     count_macs(model, (4,))
