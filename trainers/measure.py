@@ -58,8 +58,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """MACs of one forward pass on ONE sample of ``input_shape`` (no batch dim: (C, H, W)).
 
     Traced with fvcore in eval mode on a batch of 1 (the model's mode is restored), fused
-    attention counted by :func:`sdpa_macs`, matrix products by :func:`matmul_macs`. Data-dependent models are counted on the path
-    that the random input takes.
+    attention counted by :func:`sdpa_macs`, matrix products by :func:`matmul_macs`.
+    Data-dependent models are counted on the path that the random input takes.
     """
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
