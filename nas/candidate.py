@@ -157,8 +157,9 @@ def budget_report(config: Config, adaptive: Adaptive, model: torch.nn.Module, da
                   points: int | None = None, timer: Timer | None = None) -> dict[str, Any]:
     """Point 0's accuracy, costs and knob values (``knobs``, JSON), and every one of the
     ``points`` (default ``budget.points``) operating points as JSON under ``points``; each
-    point's model timed by ``timer`` (default :class:`LocalTimer`) on real images."""
-    images = next(iter(data.val_batches(spec.latency.batch_size)))[0]
+    point's model timed by ``timer`` (default :class:`LocalTimer`) over ``latency.images``
+    real validation images (all of them where the split is smaller)."""
+    images = next(iter(data.val_batches(spec.latency.images)))[0]
     knobs = operating_points(spec.space.name, config, model, gated,
                              points=points or spec.budget.points, limits=spec.budget.limits,
                              batch_size=spec.train.eval_batch())

@@ -32,10 +32,14 @@ def fail(field: str, value: Any, allowed: str) -> typing.NoReturn:
 class LatencySpec:
     """How latency is measured. ``node_resource``: a custom Ray resource that one node
     offers; every measurement of the study then runs there, one at a time, in one actor
-    (nas/latency_target.py). None: each trial measures its own candidate."""
+    (nas/latency_target.py). None: each trial measures its own candidate. ``images``: how many
+    validation images a data-dependent (adaptive) model is timed over, in batches of
+    ``batch_size`` (its cost differs per image: the row keeps the mean over batches); a static
+    model is timed on one batch, ``repeats`` times a round."""
 
     device: str = "cpu"
     batch_size: int = 16
+    images: int = 256
     threads: int = 1
     dtype: str = "float32"
     warmup: int = 5
@@ -57,7 +61,7 @@ class LatencySpec:
             fail("latency.dtype", self.dtype, "onnxruntime latency is measured in float32")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             fail("latency.dtype", self.dtype, "allowed: float32, bfloat16, float16")
-        for name in ("batch_size", "threads", "repeats", "rounds"):
+        for name in ("batch_size", "images", "threads", "repeats", "rounds"):
             at_least(f"latency.{name}", getattr(self, name), 1)
         at_least("latency.warmup", self.warmup, 0)
 

@@ -3,7 +3,8 @@
 MACs count one multiply-add once (what the papers call "FLOPs", and what fvcore counts).
 Latency is measured, never derived from MACs: warm-up, many timed calls in several rounds,
 median and p90, synchronised on CUDA, and recorded with device, batch size, dtype, threads and
-torch version.
+torch version. A data-dependent model is timed over a sample of real images (its cost
+differs per image), never on one batch: the mean over batches.
 """
 
 from __future__ import annotations
@@ -86,9 +87,14 @@ def trace_macs(module: nn.Module, inputs: tuple[Any, ...]) -> int:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Latency:
-    """Time per batch in ms: median, p90 and mean over all timed calls of all rounds.
+    """Time per batch in ms, summarised by ``statistic``.
 
-    ``spread`` is (max - min) / median of the per-round medians: a noisy device shows here.
+    ``median``: one fixed batch timed many times; ``ms`` is the median over all timed calls,
+    ``p90_ms`` their 90th percentile. ``mean``: a data-dependent model timed over a sample of
+    images (:func:`measure_latency` with ``inputs``), cycling through batches of
+    ``batch_size``: ``ms`` is the mean over batches of each batch's median time, ``p90_ms`` the
+    90th percentile over batches. ``spread`` is (max - min) / centre of the per-round
+    centres (medians, or means over the sample): a noisy device shows here.
     """
 
     median_ms: float
@@ -97,15 +103,21 @@ class Latency:
     spread: float
     batch_size: int
     provenance: dict[str, Any]
+    statistic: str = "median"
+
+    @property
+    def ms(self) -> float:
+        """The figure a results row keeps as ``latency_ms``."""
+        return self.mean_ms if self.statistic == "mean" else self.median_ms
 
     @property
     def images_per_s(self) -> float:
-        return self.batch_size * 1000.0 / self.median_ms
+        return self.batch_size * 1000.0 / self.ms
 
     def metrics(self) -> dict[str, Any]:
-        """The keys a results row keeps: latency_ms (median), latency_p90_ms,
+        """The keys a results row keeps: latency_ms (:attr:`ms`), latency_p90_ms,
         latency_spread and the provenance as prov_*."""
-        return {"latency_ms": self.median_ms, "latency_p90_ms": self.p90_ms,
+        return {"latency_ms": self.ms, "latency_p90_ms": self.p90_ms,
                 "latency_spread": self.spread,
                 **{f"prov_{k}": v for k, v in self.provenance.items()}}
 
@@ -129,13 +141,17 @@ def measure_latency(
 ) -> Latency:
     """Latency of a forward pass on a batch of ``batch_size`` samples of ``input_shape``.
 
-    The batch is seeded random data, or the first ``batch_size`` rows of ``inputs`` (real
-    images: a data-dependent (adaptive) model must be timed on real data).
+    Without ``inputs`` (a static model: every image costs the same): one seeded random batch,
+    ``warmup`` untimed calls, then ``rounds`` rounds of ``repeats`` timed calls; the median.
+    With ``inputs`` (real images: a data-dependent model's cost differs per image): the
+    images are cut into ``ceil(len(inputs) / batch_size)`` batches (the last one filled up
+    from the first images), ``warmup`` untimed calls, then ``rounds`` passes over all the
+    batches; the mean over batches of each batch's median (:class:`Latency`, ``mean``). The
+    provenance's ``images`` says how many images were timed.
 
     Measures a copy moved to ``device``/``dtype`` in eval mode under inference_mode, so the
-    caller's model keeps its device, dtype and mode. ``warmup`` untimed calls, then ``rounds``
-    rounds of ``repeats`` timed calls. ``torch.set_num_threads(threads)`` holds during the
-    measurement only.
+    caller's model keeps its device, dtype and mode. ``torch.set_num_threads(threads)``
+    holds during the measurement only.
     """
     counts = {"batch_size": batch_size, "threads": threads, "repeats": repeats, "rounds": rounds}
     for name, value in counts.items():
@@ -144,20 +160,23 @@ def measure_latency(
     device = torch.device(device)
     net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
     if inputs is not None:
-        if len(inputs) < batch_size or tuple(inputs.shape[1:]) != tuple(input_shape):
-            raise ValueError(f"`inputs` of shape {tuple(inputs.shape)} must hold >= "
-                             f"{batch_size} samples of shape {tuple(input_shape)}")
-        x = inputs[:batch_size]
+        if not len(inputs) or tuple(inputs.shape[1:]) != tuple(input_shape):
+            raise ValueError(f"`inputs` of shape {tuple(inputs.shape)} must hold samples of "
+                             f"shape {tuple(input_shape)}")
+        batches = sample_batches(inputs.to(device=device, dtype=dtype), batch_size)
     else:
         x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
-    x = x.to(device=device, dtype=dtype)
+        batches = [x.to(device=device, dtype=dtype)]
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
     try:
         with torch.inference_mode():
-            times = time_calls(lambda: net(x), warmup=warmup, repeats=repeats, rounds=rounds,
-                               sync=sync)
+            if inputs is None:
+                times = time_calls(lambda: net(batches[0]), warmup=warmup, repeats=repeats,
+                                   rounds=rounds, sync=sync)
+            else:
+                times = time_sample(net, batches, warmup=warmup, rounds=rounds, sync=sync)
     finally:
         torch.set_num_threads(previous_threads)
     provenance = {
@@ -170,7 +189,29 @@ def measure_latency(
         "warmup": warmup,
         **counts,
     }
-    return summarise(times, batch_size=batch_size, provenance=provenance)
+    if inputs is None:
+        return summarise(times, batch_size=batch_size, provenance=provenance)
+    provenance = {**provenance, "images": len(inputs), "repeats": 1}
+    return summarise_sample(times, batch_size=batch_size, provenance=provenance)
+
+
+def sample_batches(inputs: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """``inputs`` cut into batches of ``batch_size``, the last one filled up cyclically from
+    the first images (every batch full: each is timed at the measured batch size)."""
+    count = math.ceil(len(inputs) / batch_size)
+    index = torch.arange(count * batch_size) % len(inputs)
+    return [inputs[index[i * batch_size:(i + 1) * batch_size]] for i in range(count)]
+
+
+def _timed(call: Callable[[], Any], sync: Callable[[], None] | None) -> float:
+    """Milliseconds of one call, ``sync`` (e.g. CUDA's) before and after it."""
+    if sync is not None:
+        sync()
+    start = time.perf_counter()
+    call()
+    if sync is not None:
+        sync()
+    return (time.perf_counter() - start) * 1000.0
 
 
 def time_calls(call: Callable[[], Any], *, warmup: int, repeats: int, rounds: int,
@@ -179,17 +220,17 @@ def time_calls(call: Callable[[], Any], *, warmup: int, repeats: int, rounds: in
     ``warmup`` untimed ones; ``sync`` (e.g. CUDA's) runs before and after each timed call."""
     for _ in range(max(warmup, 0)):
         call()
+    return [[_timed(call, sync) for _ in range(repeats)] for _ in range(rounds)]
 
-    def timed() -> float:
-        if sync is not None:
-            sync()
-        start = time.perf_counter()
-        call()
-        if sync is not None:
-            sync()
-        return (time.perf_counter() - start) * 1000.0
 
-    return [[timed() for _ in range(repeats)] for _ in range(rounds)]
+def time_sample(run: Callable[[torch.Tensor], Any], batches: Sequence[torch.Tensor], *,
+                warmup: int, rounds: int, sync: Callable[[], None] | None = None,
+                ) -> list[list[float]]:
+    """Milliseconds of ``run`` on each of ``batches`` (rounds x batches): ``warmup`` untimed
+    calls cycling through the batches, then ``rounds`` timed passes over all of them."""
+    for i in range(max(warmup, 0)):
+        run(batches[i % len(batches)])
+    return [[_timed(lambda b=b: run(b), sync) for b in batches] for _ in range(rounds)]
 
 
 def summarise(
@@ -198,15 +239,38 @@ def summarise(
     flat = sorted(t for r in rounds for t in r)
     medians = [statistics.median(r) for r in rounds]
     median = statistics.median(flat)
-    p90 = flat[min(math.ceil(0.9 * len(flat)) - 1, len(flat) - 1)]  # nearest-rank percentile
     return Latency(
         median_ms=median,
-        p90_ms=p90,
+        p90_ms=percentile(flat, 0.9),
         mean_ms=statistics.fmean(flat),
         spread=(max(medians) - min(medians)) / median,
         batch_size=batch_size,
         provenance=provenance,
     )
+
+
+def summarise_sample(
+    rounds: list[list[float]], *, batch_size: int, provenance: dict[str, Any]
+) -> Latency:
+    """:class:`Latency` (``mean``) of :func:`time_sample`'s times: per batch the median over
+    rounds; their mean, median and 90th percentile over batches."""
+    per_batch = [statistics.median(times) for times in zip(*rounds, strict=True)]
+    means = [statistics.fmean(r) for r in rounds]
+    mean = statistics.fmean(per_batch)
+    return Latency(
+        median_ms=statistics.median(per_batch),
+        p90_ms=percentile(sorted(per_batch), 0.9),
+        mean_ms=mean,
+        spread=(max(means) - min(means)) / mean,
+        batch_size=batch_size,
+        provenance=provenance,
+        statistic="mean",
+    )
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    return ordered[min(math.ceil(q * len(ordered)) - 1, len(ordered) - 1)]
 
 
 def describe_device(device: str | torch.device) -> str:

@@ -12,6 +12,7 @@ from trainers.measure import (
     count_params,
     describe_device,
     measure_latency,
+    sample_batches,
 )
 
 
@@ -108,6 +109,48 @@ def test_latency_is_sane_restores_threads_and_records_provenance() -> None:
     as_dict = latency.to_dict()
     assert as_dict["median_ms"] == latency.median_ms and "images_per_s" in as_dict
     assert model.training and next(model.parameters()).dtype == torch.float32  # a copy ran
+
+
+class CheapFirst(nn.Module):
+    """Costs little on an image whose first pixel is 0 and ~100x more on any other: the
+    cost of a data-dependent model differs per image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(96, 96) / 10)
+
+    def forward(self, x):
+        h = x.flatten(1)[:, :96]
+        rounds = 1 if float(x.flatten()[0]) == 0.0 else 150
+        for _ in range(rounds):
+            h = torch.tanh(h @ self.w)
+        return h
+
+
+def test_data_dependent_latency_is_the_mean_over_images_not_the_first() -> None:
+    images = torch.ones(40, 1, 10, 10)
+    images[0] = 0.0  # only the first image is cheap
+    model = CheapFirst()
+    first = measure_latency(model, input_shape=(1, 10, 10), batch_size=1, warmup=2,
+                            repeats=5, rounds=3, inputs=images[:1])
+    sampled = measure_latency(model, input_shape=(1, 10, 10), batch_size=1, warmup=2,
+                              repeats=5, rounds=3, inputs=images)
+    heavy = measure_latency(model, input_shape=(1, 10, 10), batch_size=1, warmup=2,
+                            repeats=5, rounds=3, inputs=images[1:2])
+    assert sampled.statistic == "mean" and sampled.provenance["images"] == 40
+    assert sampled.ms == sampled.mean_ms == sampled.metrics()["latency_ms"]
+    assert sampled.ms > 10 * first.ms  # the first image alone would say ~100x faster
+    assert 0.5 * heavy.ms < sampled.ms < 2 * heavy.ms  # 39 of 40 images are heavy
+    assert sampled.median_ms <= sampled.p90_ms  # p90 over batches
+    assert sampled.images_per_s == pytest.approx(1000 / sampled.mean_ms)
+
+
+def test_sample_batches_cover_every_image_in_full_batches() -> None:
+    images = torch.arange(10.0).view(10, 1)
+    batches = sample_batches(images, 4)
+    assert [b.flatten().tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7],
+                                                        [8, 9, 0, 1]]
+    assert len(sample_batches(images, 16)) == 1 and len(sample_batches(images, 16)[0]) == 16
 
 
 def test_latency_rejects_nonsense_counts() -> None:
