@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow.fs
 import ray
 
 from .sections import SpecError
@@ -104,9 +105,25 @@ def _errors_to(log: Path) -> None:
 def check_storage(spec: SearchSpec) -> None:
     """With more than one live node, trial storage must be a URI every node can reach
     (``s3://...``, ``gs://...``, or ``file:///shared/mount/...`` for a shared file system):
-    a path local to the driver is not."""
+    a path local to the driver is not. A URI must resolve to a file system (pyarrow, as Ray
+    resolves it): a missing driver or credentials is a SpecError naming ``storage`` here,
+    before any trial starts, not a traceback from inside Ray."""
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and (spec.storage is None or "://" not in spec.storage):
         raise SpecError(f"storage = {spec.storage!r}: the cluster has {len(nodes)} nodes, "
                         "and trial checkpoints must be reachable from every node: give a URI "
                         "such as s3://bucket/path or file:///shared/mount/path")
+    open_storage(spec.storage)
+
+
+def open_storage(storage: str | None) -> None:
+    """SpecError naming ``storage`` unless a storage URI resolves to a file system, as Ray
+    resolves it (pyarrow); a local path or None is left to Ray."""
+    if storage is None or "://" not in storage:
+        return
+    try:
+        pyarrow.fs.FileSystem.from_uri(storage)
+    except Exception as err:  # ArrowInvalid, OSError: one line, not Ray's traceback
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise SpecError(f"storage = {storage!r}: cannot be opened "
+                        f"({type(err).__name__}: {first})") from None

@@ -163,6 +163,25 @@ class HalvingSpec:
 
 
 SAMPLERS = ("nsga2", "tpe", "random")
+# URI schemes Ray Tune's storage resolves (through pyarrow.fs); anything else fails in Ray
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def check_storage(value: str | None) -> None:
+    """``storage``: None (the study folder), a local path, or a URI of a scheme in
+    :data:`STORAGE_SCHEMES` with a location after it. Checked before anything is written;
+    whether the location can be reached is checked when the search starts."""
+    if value is None:
+        return
+    allowed = ("a local path, or a URI such as s3://bucket/path, gs://bucket/path or "
+               "file:///shared/mount/path (schemes: " + ", ".join(STORAGE_SCHEMES) + ")")
+    if not value.strip():
+        fail("storage", value, f"must be {allowed}")
+    scheme, sep, rest = value.partition("://")
+    if sep and (scheme.lower() not in STORAGE_SCHEMES or not rest.strip("/")):
+        fail("storage", value, f"cannot be used: {allowed}")
+    if sep and scheme.lower() == "file" and not rest.startswith("/"):
+        fail("storage", value, "a file:// URI needs an absolute path: file:///shared/path")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

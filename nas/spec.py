@@ -36,6 +36,7 @@ from .sections import (
     SamplerSpec,
     SpecError,
     at_least,
+    check_storage,
     fail,
     parse_section,
     typed,
@@ -301,6 +302,7 @@ def from_dict(raw: Mapping[str, Any]) -> SearchSpec:
     at_least("trials", top.get("trials", 8), 1)
     at_least("concurrent_trials", top.get("concurrent_trials", 1), 1)
     at_least("retries", top.get("retries", 0), 0)
+    check_storage(top.get("storage"))
     objectives = parse_objectives(raw.get("objectives") or DEFAULT_OBJECTIVES)
     if _check_scheduler(top.get("scheduler", "none"), objectives):
         sections["halving"] = sections["halving"].resolved(sections["train"].epochs)

@@ -103,13 +103,15 @@ def test_user_mistakes_exit_2_with_one_line(tiny_study, tmp_path, run_nas):
         ("pareto", str(study), "--where", "nonsense >"),
         ("export", str(study), "--trial", "99", "--out", str(tmp_path / "x")),
         ("export", str(study), "--trial", "0", "--out", str(study)),  # not empty
+        ("search", str(ROOT / "configs" / "quick.yaml"), "--set", "storage=ftp://x/y",
+         "--results-dir", str(tmp_path / "r")),  # a scheme Ray's storage cannot use
     ]
     for args in cases:
         proc = run_nas(*args, cwd=tmp_path)
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("nas: error: "), (args, proc.stderr)
-    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "r").exists()
     assert len(pd.read_parquet(study / "trials.parquet")) == 3  # nothing lost
 
 

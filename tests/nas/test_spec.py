@@ -76,6 +76,11 @@ BAD = [
     ("latency.batch_size", 0, "latency.batch_size"),
     ("latency.threads", 0, "latency.threads"),
     ("latency.warmup", -1, "latency.warmup"),
+    ("latency.images", 0, "latency.images"),
+    ("storage", "ftp://x/y", "storage"),  # a scheme Ray's storage (pyarrow) does not know
+    ("storage", "s3://", "storage"),  # no bucket
+    ("storage", "file://relative/path", "storage"),
+    ("storage", " ", "storage"),
     ("objectives", ["accuracy:up"], "objectives"),
     ("objectives", ["accuracy:max", "accuracy:max"], "objectives"),
     ("objectives", "accuracy:max", "objectives"),
@@ -116,6 +121,17 @@ def test_bad_value_names_field_and_value(path, value, field):
     message = str(err.value)
     assert message.startswith(field), message
     assert "\n" not in message
+
+
+def test_storage_that_cannot_be_opened_is_one_line_naming_it():
+    from nas.cluster import open_storage
+
+    for good in (None, "/tmp/ray", "file:///tmp/shared", "s3://bucket/path"):
+        specs.from_dict(with_value("storage", good))  # valid in the spec
+    open_storage("file:///tmp/shared")
+    with pytest.raises(SpecError, match=r"^storage = 'hdfs://h/p': cannot be opened") as err:
+        open_storage("hdfs://h/p")  # resolved when the search starts: no HDFS client here
+    assert "\n" not in str(err.value)
 
 
 def test_asha_needs_accuracy_objective():
