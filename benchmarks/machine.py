@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from trainers.measure import describe_device
+from trainers.measure import describe_device, sample_batches
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
 
@@ -45,15 +45,24 @@ def _timed(run, x: torch.Tensor, cuda: bool) -> float:
 
 
 def interleaved(runs: Mapping[str, Callable], x: torch.Tensor, *, repeats: int,
-                warmup: int = 3) -> dict[str, float]:
-    """Median seconds per call of each run, interleaved so machine drift hits all alike."""
+                warmup: int = 3, batch: int | None = None) -> dict[str, float]:
+    """Seconds per call of each run, interleaved so machine drift hits all alike.
+
+    ``batch`` None: ``x`` is one batch; the median of ``repeats`` calls (a static model).
+    ``batch`` given: ``x`` is a sample of images cut into batches of ``batch`` (the last one
+    filled up from the first images); each repeat is one pass over every batch, and a run's
+    time is the mean over batches of each batch's median (a data-dependent model's cost
+    differs per image: the protocol of ``trainers.measure.measure_latency`` with inputs)."""
     cuda = x.device.type == "cuda"
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    batches = [x] if batch is None else sample_batches(x, batch)
+    times: dict[str, list[list[float]]] = {name: [[] for _ in batches] for name in runs}
     with torch.inference_mode():
-        for _ in range(warmup):
+        for i in range(warmup):
             for run in runs.values():
-                run(x)
+                run(batches[i % len(batches)])
         for _ in range(repeats):
-            for name, run in runs.items():
-                times[name].append(_timed(run, x, cuda))
-    return {name: statistics.median(t) for name, t in times.items()}
+            for b, xb in enumerate(batches):
+                for name, run in runs.items():
+                    times[name][b].append(_timed(run, xb, cuda))
+    return {name: statistics.fmean(statistics.median(t) for t in per_batch)
+            for name, per_batch in times.items()}
