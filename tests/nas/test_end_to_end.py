@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
@@ -106,8 +107,9 @@ def test_user_mistakes_exit_2_with_one_line(tiny_study, tmp_path, run_nas):
         ("search", str(ROOT / "configs" / "quick.yaml"), "--set", "storage=ftp://x/y",
          "--results-dir", str(tmp_path / "r")),  # a scheme Ray's storage cannot use
     ]
-    for args in cases:
-        proc = run_nas(*args, cwd=tmp_path)
+    with ThreadPoolExecutor(2) as pool:  # two CLI processes at a time: one per core
+        procs = list(pool.map(lambda args: run_nas(*args, cwd=tmp_path), cases))
+    for args, proc in zip(cases, procs, strict=True):
         assert proc.returncode == 2, (args, proc.stderr[-2000:])
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("nas: error: "), (args, proc.stderr)
