@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, interleaved, write_table  # noqa: E402
+from machine import SAMPLE, header, interleaved, write_table  # noqa: E402
 
 import search_spaces  # noqa: E402  (imports search_spaces._compat first)
 from search_spaces.gates import GATE_BIAS  # noqa: E402
@@ -190,7 +190,7 @@ def trained_variants(data: Data, beta: float, epochs: int, only: str | None = No
     return out
 
 
-SAMPLE = 256  # validation images every latency is the mean over
+PASSES = {64: 15, 1: 3}  # timed passes over the sample per batch size (batch 1: SAMPLE calls)
 
 
 def timings(parent: torch.nn.Module, nets: dict[str, torch.nn.Module], data: Data,
@@ -259,8 +259,8 @@ def variants(data: Data, epochs: int, only: str | None = None) -> list[str]:
             if config.token_policy == "gating" and point["point"] == 0:
                 targets[name] = {f"usage_{k}": getattr(config, TARGETS[k])
                                  for k in config.gate_kinds.split("+")}
-    lat64 = timings(parent, nets, data, 64, repeats=15)
-    lat1 = timings(parent, nets, data, 1, repeats=3)
+    lat64 = timings(parent, nets, data, 64, repeats=PASSES[64])
+    lat1 = timings(parent, nets, data, 1, repeats=PASSES[1])
     lines = [f"Parent: static ViT {PARENT.embed_dim} wide, {PARENT.depth} blocks, "
              f"{PARENT.num_heads} heads, patch {PARENT.patch_size} (50 tokens); "
              f"{PARENT_TRAIN.epochs} epochs on 53,000 Fashion-MNIST training images "
@@ -299,7 +299,8 @@ def variants(data: Data, epochs: int, only: str | None = None) -> list[str]:
              "Latency: the inference path (token removal, gate skipping, early exit with the "
              "exited images leaving the batch), interleaved with the parent, one thread, on "
              f"the first {SAMPLE} validation images: the mean over batches (4 of 64, or "
-             f"{SAMPLE} of 1) of each batch's median over 15 passes (batch 1: 3). Every "
+             f"{SAMPLE} of 1) of each batch's median over {PASSES[64]} passes (batch 1: "
+             f"{PASSES[1]}). Every "
              "image's cost differs: one batch (or one image) is no sample.", "",
              "| model | val acc | vs parent | MACs/image (M) | MACs saved | usage | "
              "b64 ms | b64 speedup | speedup / MACs reduction | b1 ms | b1 speedup |",

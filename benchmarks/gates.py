@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, interleaved, write_table  # noqa: E402
+from machine import SAMPLE, header, interleaved, write_table  # noqa: E402
 
 from search_spaces import gates  # noqa: E402  (imports search_spaces._compat first)
 from search_spaces.layers.attention import MultiHeadAttention, sdpa_mask  # noqa: E402
@@ -129,13 +129,11 @@ class ByPattern(torch.nn.Module):
             MultiHeadAttention.forward_heads = saved
 
 
-SAMPLE = 256  # images every latency is the mean over
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
+    b1_passes = max(args.repeats // 3, 3)  # a pass at batch 1 is SAMPLE calls
     torch.set_num_threads(1)
     data = load_data(DataSettings(name="fashion-mnist", val_size=1000, train_size=1000,
                                   seed=0))
@@ -146,7 +144,7 @@ def main() -> None:
         "the usage asked (realised usage shown); real Fashion-MNIST validation images; one "
         f"thread; the mean over {SAMPLE} validation images (4 batches of 64, or {SAMPLE} of "
         f"1) of each batch's median over {args.repeats} interleaved passes (batch 1: "
-        f"{max(args.repeats // 3, 3)}): the cost of a gated model differs per image.", "",
+        f"{b1_passes}): the cost of a gated model differs per image.", "",
         "| gates | usage asked | realised | MACs executed / full | b64 masked ms | "
         "b64 skipping | b64 by pattern | b1 masked ms | b1 skipping | b1 by pattern |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -168,7 +166,7 @@ def main() -> None:
             if "heads" in kinds:
                 runs["pattern"] = ByPattern(model)
             cells = []
-            for batch, passes in ((64, args.repeats), (1, max(args.repeats // 3, 3))):
+            for batch, passes in ((64, args.repeats), (1, b1_passes)):
                 t = interleaved(runs, images[:SAMPLE], repeats=passes, batch=batch)
                 cells.append(f"{t['masked'] * 1e3:.2f}")
                 cells.append(f"{t['masked'] / t['skipping']:.2f}x")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import header, interleaved, write_table  # noqa: E402
+from machine import SAMPLE, header, interleaved, write_table  # noqa: E402
 
 import search_spaces  # noqa: E402  (imports search_spaces._compat first)
 from search_spaces import halting  # noqa: E402
@@ -81,9 +81,6 @@ def masked(model: torch.nn.Module):
         cls, _ = halting.forward_masked(model.blocks, model.embed(x), model.halting)
         return model.head(model.norm(cls))
     return run
-
-
-SAMPLE = 256  # validation images every latency is the mean over
 
 
 def speed_rows(model, full, data, batches: list[int], repeats: int) -> list[str]:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
-from trainers.measure import describe_device, sample_batches
+from trainers.measure import describe_device, sample_batches, summarise_sample
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
+SAMPLE = 256  # validation images an adaptive model's latency is the mean over
 
 
 def header(title: str) -> list[str]:
@@ -64,5 +64,6 @@ def interleaved(runs: Mapping[str, Callable], x: torch.Tensor, *, repeats: int,
             for b, xb in enumerate(batches):
                 for name, run in runs.items():
                     times[name][b].append(_timed(run, xb, cuda))
-    return {name: statistics.fmean(statistics.median(t) for t in per_batch)
+    return {name: summarise_sample([list(r) for r in zip(*per_batch, strict=True)],
+                                   batch_size=len(batches[0]), provenance={}).mean_ms
             for name, per_batch in times.items()}

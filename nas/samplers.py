@@ -11,7 +11,6 @@ Optuna itself is not patched.
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
@@ -22,21 +21,17 @@ from optuna.trial import FrozenTrial
 
 from .spec import Constraint, SearchSpec
 
-# the kinds of lock a sampler may hold, each with how to make a fresh one
-LOCKS: dict[type, Callable[[], Any]] = {
-    _thread.LockType: threading.Lock,
-    type(threading.RLock()): threading.RLock,
-}
+# the kinds of lock a sampler may hold, each with how to make a fresh one (a function that
+# pickles by reference)
+LOCKS: dict[type, Callable[[], Any]] = {type(make()): make
+                                        for make in (threading.Lock, threading.RLock)}
 
 
 @dataclasses.dataclass(frozen=True)
 class _Lock:
-    """Stands for a lock in a pickled state; ``kind`` names the lock's type."""
+    """Stands for a lock in a pickled state; ``make`` makes a fresh one of its kind."""
 
-    kind: str
-
-
-_MAKERS = {kind.__name__: make for kind, make in LOCKS.items()}
+    make: Callable[[], Any]
 
 
 class LockFree:
@@ -44,11 +39,11 @@ class LockFree:
     unpickled. Mixed in before the Optuna sampler class."""
 
     def __getstate__(self) -> dict[str, Any]:
-        return {name: _Lock(type(value).__name__) if type(value) in LOCKS else value
+        return {name: _Lock(LOCKS[type(value)]) if type(value) in LOCKS else value
                 for name, value in vars(self).items()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        vars(self).update({name: _MAKERS[value.kind]() if isinstance(value, _Lock) else value
+        vars(self).update({name: value.make() if isinstance(value, _Lock) else value
                            for name, value in state.items()})
 
 
