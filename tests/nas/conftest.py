@@ -4,8 +4,10 @@ Ray, real Optuna SQLite storage, real Fashion-MNIST (a small subset, one epoch).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,40 @@ def nas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProces
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "nas", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _session_processes(sid: int) -> list[str]:
+    """Command lines of the live (not zombie) processes of process group ``sid``, except
+    Ray's per-node agents: they wait up to a minute for their dead raylet, holding nothing."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgid = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+        agent = cmd.startswith("ray::") and cmd.split()[0].endswith("Agent")
+        if int(pgid) == sid and state != "Z" and not agent:
+            found.append(cmd)
+    return found
+
+
+def kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL a `nas search` driver started in its own session (Ray's processes share its
+    fate), then wait until Ray's own processes of that session are gone: the next driver
+    meets what a crash leaves, without a fixed sleep."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while (left := _session_processes(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the killed driver's session still run: {left}"
+
+
+@pytest.fixture(scope="session")
+def kill():
+    """``kill(proc)``: :func:`kill_driver`."""
+    return kill_driver
 
 
 def _export_point(study: Path, trial: int, point: int, out: Path) -> dict:

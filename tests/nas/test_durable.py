@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -48,28 +47,30 @@ def _nas(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _run_until(spec: Path | list[str], marker: str,
-               cwd: Path) -> tuple[subprocess.Popen, list[str]]:
-    """Start `nas search SPEC` (or with these arguments) and return once a line containing
-    ``marker`` is printed."""
-    args = [str(spec)] if isinstance(spec, Path) else spec
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "search", *args], cwd=cwd,
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`nas search ARGS` in its own session, stdout and stderr as one text stream."""
+    return subprocess.Popen([sys.executable, "-m", "nas", "search", *args], cwd=cwd,
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
-    lines: list[str] = []
+
+
+def _read_until(proc: subprocess.Popen, marker: str, lines: list[str]) -> list[str]:
+    """Read ``proc``'s output into ``lines`` until a line containing ``marker``."""
     deadline = time.monotonic() + 400
     for line in proc.stdout:
         lines.append(line)
         if marker in line or time.monotonic() > deadline:
             break
     assert any(marker in ln for ln in lines), "".join(lines[-40:])
-    return proc, lines
+    return lines
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    os.kill(proc.pid, signal.SIGKILL)  # the driver only; Ray's processes share its fate
-    proc.wait(timeout=60)
-    time.sleep(2)
+def _run_until(spec: Path | list[str], marker: str,
+               cwd: Path) -> tuple[subprocess.Popen, list[str]]:
+    """Start `nas search SPEC` (or with these arguments) and return once a line containing
+    ``marker`` is printed."""
+    proc = _start([str(spec)] if isinstance(spec, Path) else spec, cwd)
+    return proc, _read_until(proc, marker, [])
 
 
 def _check_agreement(study: Path) -> pd.DataFrame:
@@ -87,35 +88,50 @@ def _check_agreement(study: Path) -> pd.DataFrame:
     return frame
 
 
+def _recorded(study: Path) -> pd.DataFrame | None:
+    return load_results(study) if (study / "trials.parquet").exists() else None
+
+
+def _unchanged(before: pd.DataFrame | None, frame: pd.DataFrame, moment: str) -> None:
+    """Every trial recorded before a kill keeps its row: it was not run again."""
+    for _, row in (before if before is not None else frame.iloc[:0]).iterrows():
+        again = frame[frame["trial"] == row["trial"]].iloc[0]
+        assert again["train_time_s"] == row["train_time_s"], moment
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("moment", "marker"), [
-    ("before any trial completed", "trial 0 epoch 1/2"),
-    ("mid-trial", "[1/4] trial"),
-])
-def test_resume_after_the_driver_is_killed(moment, marker, tmp_path):
+def test_a_driver_killed_at_three_moments_resumes_each_time(kill, tmp_path):
+    """One study's driver is killed (SIGKILL) three times: before any trial completed,
+    mid-search (one trial recorded, others running) and after the last trial was recorded.
+    Each resume runs only what is left; a second driver of a live study is refused."""
     data = {"name": "fashion-mnist", "train_size": 1000, "val_size": 100}  # time to act
-    spec = _spec(tmp_path, "killed", data=data)
-    proc, _ = _run_until(spec, marker, tmp_path)
-    _kill(proc)
     study = tmp_path / "killed"
-    before = load_results(study) if (study / "trials.parquet").exists() else None
+    proc, _ = _run_until(_spec(tmp_path, "killed", data=data), "trial 0 epoch 1/2", tmp_path)
+    kill(proc)  # 1. before any trial completed
+    first = _recorded(study)
+    assert first is None or first.empty, first
+
     resumed, lines = _run_until(["--resume", str(study)], "resuming:", tmp_path)
     second = _nas("search", "--resume", str(study), cwd=tmp_path)  # the resumed one lives
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
     assert f"a driver (pid {resumed.pid}) is running this study" in second.stderr
-    out = "".join(lines) + resumed.stdout.read()
-    assert resumed.wait(timeout=600) == 0, out[-3000:]
-    frame = _check_agreement(study)
-    if before is not None:  # a trial finished before the kill was not run again
-        assert len(before) >= 1, moment
-        for _, row in before.iterrows():
-            again = frame[frame["trial"] == row["trial"]].iloc[0]
-            assert again["train_time_s"] == row["train_time_s"], moment
-    else:
-        assert moment == "before any trial completed"
-    assert "to run again from their checkpoints" in out
+    assert "to run again from their checkpoints" in "".join(lines)
+    _read_until(resumed, f"[1/{TRIALS}] trial", lines)
+    kill(resumed)  # 2. mid-search
+    mid = _recorded(study)
+    assert mid is not None and len(mid) >= 1, "".join(lines[-40:])
+
+    last, lines = _run_until(["--resume", str(study)], "resuming:", tmp_path)
+    _read_until(last, f"[{TRIALS}/{TRIALS}] trial", lines)
+    kill(last)  # 3. after the last trial was recorded
+    before = load_results(study)
+
     done = _nas("search", "--resume", str(study), cwd=tmp_path)
-    assert done.returncode == 0 and "nothing to run" in done.stdout
+    assert done.returncode == 0, done.stderr
+    assert f"all {TRIALS} trials finished; nothing to run" in done.stdout
+    frame = _check_agreement(study)
+    _unchanged(mid, frame, "mid-search")
+    _unchanged(before, frame, "after the last trial")
 
 
 def test_resume_needs_a_study_and_nothing_else(tmp_path):
@@ -132,25 +148,6 @@ def _closed_port() -> int:
 
 
 @pytest.mark.slow
-def test_a_local_search_beside_a_live_cluster_does_not_attach(cluster, tmp_path):
-    import ray
-    from ray._private import state
-
-    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
-    (ray_tmp / "ray").mkdir()  # as `ray start` leaves it: the live cluster's address
-    (ray_tmp / "ray" / "ray_current_cluster").write_text(cluster.address)
-    ray.init(address=cluster.address, logging_level="ERROR")
-    try:
-        jobs = len(state.jobs())
-        local = _nas("search", str(_spec(tmp_path, "beside", trials=1)), cwd=tmp_path,
-                     env=_env(RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS=cluster.address))
-        assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
-        assert len(state.jobs()) == jobs  # no driver of the search joined that cluster
-    finally:
-        ray.shutdown()
-
-
-@pytest.mark.slow
 def test_a_local_search_ignores_a_stale_address_file(tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # short: Ray's socket paths
     (ray_tmp / "ray").mkdir()
@@ -162,7 +159,7 @@ def test_a_local_search_ignores_a_stale_address_file(tmp_path):
     assert auto.returncode == 2 and auto.stderr.count("\n") == 1, auto.stderr
     assert "ray_address = 'auto': no Ray cluster answers" in auto.stderr
     assert time.monotonic() - started < 30 and not (tmp_path / "auto").exists()
-    local = _nas("search", str(_spec(tmp_path, "local", trials=2)), cwd=tmp_path, env=env)
+    local = _nas("search", str(_spec(tmp_path, "local", trials=1)), cwd=tmp_path, env=env)
     assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
     assert set(load_results(tmp_path / "local")["status"]) == {"complete"}
 
@@ -207,18 +204,6 @@ def test_the_dashboard_serves_the_study(tiny_study, tmp_path):
         proc.wait(timeout=30)
 
 
-@pytest.mark.slow
-def test_resume_after_the_last_trial_runs_nothing(tmp_path):
-    proc, _ = _run_until(_spec(tmp_path, "last"), f"[{TRIALS}/{TRIALS}] trial", tmp_path)
-    _kill(proc)
-    before = load_results(tmp_path / "last")
-    done = _nas("search", "--resume", str(tmp_path / "last"), cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert f"all {TRIALS} trials finished; nothing to run" in done.stdout
-    frame = _check_agreement(tmp_path / "last")
-    assert frame["train_time_s"].tolist() == before["train_time_s"].tolist()
-
-
 def test_a_run_resumed_from_its_checkpoint_ends_as_one_never_stopped(tmp_path):
     import torch
 
@@ -261,10 +246,11 @@ def test_a_run_resumed_from_its_checkpoint_ends_as_one_never_stopped(tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster():
     """A real multi-node Ray cluster on this machine: a head with no CPUs, two 1-CPU
-    workers (stopped by its handle)."""
+    workers (stopped by its handle), shared by the tests below (the node-loss test, which
+    replaces a node, comes last)."""
     from ray.cluster_utils import Cluster
 
     handle = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -272,6 +258,25 @@ def cluster():
     handle.wait_for_nodes()
     yield handle
     handle.shutdown()
+
+
+@pytest.mark.slow
+def test_a_local_search_beside_a_live_cluster_does_not_attach(cluster, tmp_path):
+    import ray
+    from ray._private import state
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()  # as `ray start` leaves it: the live cluster's address
+    (ray_tmp / "ray" / "ray_current_cluster").write_text(cluster.address)
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        jobs = len(state.jobs())
+        local = _nas("search", str(_spec(tmp_path, "beside", trials=1)), cwd=tmp_path,
+                     env=_env(RAY_TMPDIR=str(ray_tmp), RAY_ADDRESS=cluster.address))
+        assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+        assert len(state.jobs()) == jobs  # no driver of the search joined that cluster
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.slow

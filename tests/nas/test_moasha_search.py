@@ -5,10 +5,8 @@ on the per-epoch values the study recorded, also across a driver killed and resu
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -85,7 +83,7 @@ def test_moasha_stops_trials_and_records_them_pruned(tmp_path):
     assert any(f"trial {n} stopped" in proc.stdout for n in pruned)
 
 
-def test_moasha_rungs_survive_a_resume(tmp_path):
+def test_moasha_rungs_survive_a_resume(kill, tmp_path):
     proc = subprocess.Popen(_args("killed", tmp_path), cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -95,9 +93,7 @@ def test_moasha_rungs_survive_a_resume(tmp_path):
         if "trial 3 epoch 1/2" in line:
             break
     assert any("trial 3 epoch 1/2" in ln for ln in lines), "".join(lines[-30:])
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    time.sleep(2)
+    kill(proc)
     study = tmp_path / "killed"
     before = {t.number: t.user_attrs.get(PER_EPOCH) for t in _trials(study)}
     assert len(before) >= 4
