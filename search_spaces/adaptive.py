@@ -50,15 +50,21 @@ Count = Callable[[nn.Module, Sequence[int]], float]  # MACs of one sample of a s
 @dataclasses.dataclass(frozen=True)
 class BudgetKnob:
     """An inference-time knob: values lie strictly inside (``low``, ``high``); the default
-    ladder runs from the trained value to ``limit`` (the far end: most saving)."""
+    ladder runs from the trained value to ``limit`` (the far end: most saving). A
+    ``fitted`` knob's points are fitted on held-out outputs instead: it has no ladder, and a
+    spec cannot give it a limit."""
 
     low: float
     high: float
     limit: float
     description: str = ""
+    fitted: bool = False
 
     def check_limit(self, value: float) -> str | None:
         """Why ``value`` cannot be a ladder's far end (None if it can)."""
+        if self.fitted:
+            return ("its operating points are fitted on calibration data, not laid between "
+                    "the trained value and a limit: remove it from budget.limits")
         if not self.low < value < self.high:
             return f"must be in ({self.low:g}, {self.high:g})"
         return None

@@ -22,7 +22,7 @@ split of their own (trainers/dataset.py), neither trained on nor used for search
 the official code fits on training images. The operating points after point 0 use q spread
 evenly in log q over the range of the paper's schedule (1..59)/20, from 2.95 (most images
 reach the last stage) down to 0.05 (most leave at the first): :func:`schedule`;
-``budget.limits`` do not apply to fitted thresholds.
+a fitted threshold takes no ``budget.limits`` entry (the spec refuses one, naming it).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ DIMS: dict[str, Dim] = {
 BUDGET_KNOBS = {
     name: BudgetKnob(low=0.0, high=1.0, limit=0.5, description=(
         f"exit threshold after stage {i + 1}: an image leaves when its max softmax "
-        "probability reaches it (1: off); fitted on calibration data"))
+        "probability reaches it (1: off); fitted on calibration data"), fitted=True)
     for i, name in enumerate(EXITS)
 }
 

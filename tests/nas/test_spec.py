@@ -261,3 +261,16 @@ def test_budget_ladder_must_rise_above_the_trained_threshold():
         specs.from_dict(raw)
     raw["budget"] = {"limits": {"halt_eps": 0.5}}
     assert specs.from_dict(raw).budget.limits == {"halt_eps": 0.5}
+
+
+def test_a_fitted_knob_takes_no_budget_limit():
+    raw = base()
+    raw["space"] = {"name": "vit", "dims": {"patch_size": 4, "token_policy": "cascade"}}
+    raw["budget"] = {"limits": {"cascade_exit_1": 0.6}}  # exit thresholds are fitted
+    with pytest.raises(SpecError, match=r"^budget.limits.cascade_exit_1 = 0.6: its operating "
+                                        r"points are fitted on calibration data.*remove it "
+                                        r"from budget.limits$"):
+        specs.from_dict(raw)
+    raw["space"]["dims"]["token_policy"] = "halting"
+    raw["budget"] = {"limits": {"halt_eps": 0.5}}  # a laddered knob keeps its limit
+    assert specs.from_dict(raw).budget.limits == {"halt_eps": 0.5}
