@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -19,9 +20,12 @@ TINY = ["--set", "trials=3", "--set", "concurrent_trials=2", "--set", "data.trai
         "--set", "space.dims.num_stages=2", "--set", "sampler.population_size=2"]
 
 
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
 def nas(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "nas", *args], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -32,13 +36,32 @@ def _session_processes(sid: int) -> list[str]:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             state, _, pgid = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(pgid) != sid or state == "Z":
+                continue
             cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, IndexError, ValueError):
             continue  # the process ended meanwhile
-        agent = cmd.startswith("ray::") and cmd.split()[0].endswith("Agent")
-        if int(pgid) == sid and state != "Z" and not agent:
+        if not (cmd.startswith("ray::") and cmd.split()[0].endswith("Agent")):
             found.append(cmd)
     return found
+
+
+def start_search(args: list[str], cwd: Path) -> subprocess.Popen:
+    """`nas search ARGS` in its own session, stdout and stderr as one text stream."""
+    return subprocess.Popen([sys.executable, "-m", "nas", "search", *args], cwd=cwd, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def read_until(proc: subprocess.Popen, marker: str, lines: list[str]) -> list[str]:
+    """Read ``proc``'s output into ``lines`` until a line containing ``marker`` (asserted)."""
+    deadline = time.monotonic() + 400
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line or time.monotonic() > deadline:
+            break
+    assert any(marker in ln for ln in lines), "".join(lines[-40:])
+    return lines
 
 
 def kill_driver(proc: subprocess.Popen) -> None:
@@ -54,9 +77,11 @@ def kill_driver(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def kill():
-    """``kill(proc)``: :func:`kill_driver`."""
-    return kill_driver
+def driver():
+    """A `nas search` driver's life: ``start(args, cwd)`` (:func:`start_search`),
+    ``read_until(proc, marker, lines)`` (:func:`read_until`), ``kill(proc)``
+    (:func:`kill_driver`)."""
+    return SimpleNamespace(start=start_search, read_until=read_until, kill=kill_driver)
 
 
 def _export_point(study: Path, trial: int, point: int, out: Path) -> dict:

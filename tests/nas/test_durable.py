@@ -47,32 +47,6 @@ def _nas(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _start(args: list[str], cwd: Path) -> subprocess.Popen:
-    """`nas search ARGS` in its own session, stdout and stderr as one text stream."""
-    return subprocess.Popen([sys.executable, "-m", "nas", "search", *args], cwd=cwd,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-
-
-def _read_until(proc: subprocess.Popen, marker: str, lines: list[str]) -> list[str]:
-    """Read ``proc``'s output into ``lines`` until a line containing ``marker``."""
-    deadline = time.monotonic() + 400
-    for line in proc.stdout:
-        lines.append(line)
-        if marker in line or time.monotonic() > deadline:
-            break
-    assert any(marker in ln for ln in lines), "".join(lines[-40:])
-    return lines
-
-
-def _run_until(spec: Path | list[str], marker: str,
-               cwd: Path) -> tuple[subprocess.Popen, list[str]]:
-    """Start `nas search SPEC` (or with these arguments) and return once a line containing
-    ``marker`` is printed."""
-    proc = _start([str(spec)] if isinstance(spec, Path) else spec, cwd)
-    return proc, _read_until(proc, marker, [])
-
-
 def _check_agreement(study: Path) -> pd.DataFrame:
     ot = optuna.load_study(study_name=study.name, storage=f"sqlite:///{study / 'study.db'}")
     states = [t.state.name for t in ot.trials]
@@ -92,38 +66,40 @@ def _recorded(study: Path) -> pd.DataFrame | None:
     return load_results(study) if (study / "trials.parquet").exists() else None
 
 
-def _unchanged(before: pd.DataFrame | None, frame: pd.DataFrame, moment: str) -> None:
+def _unchanged(before: pd.DataFrame, frame: pd.DataFrame, moment: str) -> None:
     """Every trial recorded before a kill keeps its row: it was not run again."""
-    for _, row in (before if before is not None else frame.iloc[:0]).iterrows():
+    for _, row in before.iterrows():
         again = frame[frame["trial"] == row["trial"]].iloc[0]
         assert again["train_time_s"] == row["train_time_s"], moment
 
 
 @pytest.mark.slow
-def test_a_driver_killed_at_three_moments_resumes_each_time(kill, tmp_path):
+def test_a_driver_killed_at_three_moments_resumes_each_time(driver, tmp_path):
     """One study's driver is killed (SIGKILL) three times: before any trial completed,
     mid-search (one trial recorded, others running) and after the last trial was recorded.
     Each resume runs only what is left; a second driver of a live study is refused."""
     data = {"name": "fashion-mnist", "train_size": 1000, "val_size": 100}  # time to act
     study = tmp_path / "killed"
-    proc, _ = _run_until(_spec(tmp_path, "killed", data=data), "trial 0 epoch 1/2", tmp_path)
-    kill(proc)  # 1. before any trial completed
+    proc = driver.start([str(_spec(tmp_path, "killed", data=data))], tmp_path)
+    driver.read_until(proc, "trial 0 epoch 1/2", [])
+    driver.kill(proc)  # 1. before any trial completed
     first = _recorded(study)
     assert first is None or first.empty, first
 
-    resumed, lines = _run_until(["--resume", str(study)], "resuming:", tmp_path)
+    resumed = driver.start(["--resume", str(study)], tmp_path)
+    lines = driver.read_until(resumed, "resuming:", [])
     second = _nas("search", "--resume", str(study), cwd=tmp_path)  # the resumed one lives
     assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
     assert f"a driver (pid {resumed.pid}) is running this study" in second.stderr
     assert "to run again from their checkpoints" in "".join(lines)
-    _read_until(resumed, f"[1/{TRIALS}] trial", lines)
-    kill(resumed)  # 2. mid-search
+    driver.read_until(resumed, f"[1/{TRIALS}] trial", lines)
+    driver.kill(resumed)  # 2. mid-search
     mid = _recorded(study)
     assert mid is not None and len(mid) >= 1, "".join(lines[-40:])
 
-    last, lines = _run_until(["--resume", str(study)], "resuming:", tmp_path)
-    _read_until(last, f"[{TRIALS}/{TRIALS}] trial", lines)
-    kill(last)  # 3. after the last trial was recorded
+    last = driver.start(["--resume", str(study)], tmp_path)
+    driver.read_until(last, f"[{TRIALS}/{TRIALS}] trial", [])
+    driver.kill(last)  # 3. after the last trial was recorded
     before = load_results(study)
 
     done = _nas("search", "--resume", str(study), cwd=tmp_path)
@@ -289,12 +265,13 @@ def test_several_nodes_need_shared_storage(cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_trial_survives_the_loss_of_its_node(cluster, tmp_path):
+def test_a_trial_survives_the_loss_of_its_node(cluster, driver, tmp_path):
     data = {"name": "fashion-mnist", "train_size": 1500, "val_size": 100}
     spec = _spec(tmp_path, "lost", ray_address=cluster.address, trials=2, retries=2,
                  data=data, train={"epochs": 3, "batch_size": 50},
                  storage=f"file://{tmp_path / 'shared'}")
-    proc, lines = _run_until(spec, "epoch 1/3", tmp_path)
+    proc = driver.start([str(spec)], tmp_path)
+    lines = driver.read_until(proc, "epoch 1/3", [])
     cluster.remove_node(cluster.workers[0], allow_graceful=False)  # mid-trial
     cluster.add_node(num_cpus=1)
     out = "".join(lines) + proc.stdout.read()

@@ -63,26 +63,15 @@ def target_cluster(monkeypatch):
     handle.shutdown()
 
 
-def _search_until(args: list[str], marker: str, cwd: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "nas", "search", *args], cwd=cwd,
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if marker in line:
-            return proc
-    raise AssertionError("".join(lines[-40:]))
-
-
 @pytest.mark.slow
-def test_every_measurement_runs_on_the_target_node_serially_and_cached(target_cluster, kill,
+def test_every_measurement_runs_on_the_target_node_serially_and_cached(target_cluster, driver,
                                                                        tmp_path):
     cluster, target = target_cluster
     spec = _spec(tmp_path, "target", ray_address=cluster.address,
                  storage=f"file://{tmp_path / 'shared'}")
-    first = _search_until([str(spec)], "[1/4] trial", tmp_path)
-    kill(first)  # the driver dies: its actor and trials with it
+    first = driver.start([str(spec)], tmp_path)
+    driver.read_until(first, "[1/4] trial", [])
+    driver.kill(first)  # the driver dies: its actor and trials with it
     study = tmp_path / "target"
     before = [json.loads(x) for x in (study / "latency_cache.jsonl").read_text().splitlines()]
     done_before = set(load_results(study)["trial"])

@@ -26,10 +26,15 @@ SETS = [f"trials={TRIALS}", "concurrent_trials=1", "scheduler=moasha", "train.ep
 OBJECTIVES = [("accuracy", "max"), ("latency_ms", "min")]
 
 
-def _args(name: str, folder: Path) -> list[str]:
+def _search_args(name: str, folder: Path) -> list[str]:
+    """The arguments of `nas search` for study ``name`` in ``folder``."""
     sets = [x for s in SETS for x in ("--set", s)]
-    return [sys.executable, "-m", "nas", "search", str(ROOT / "configs" / "quick.yaml"),
-            "--name", name, "--results-dir", str(folder), *sets]
+    return [str(ROOT / "configs" / "quick.yaml"), "--name", name, "--results-dir", str(folder),
+            *sets]
+
+
+def _args(name: str, folder: Path) -> list[str]:
+    return [sys.executable, "-m", "nas", "search", *_search_args(name, folder)]
 
 
 def _env() -> dict[str, str]:
@@ -83,17 +88,10 @@ def test_moasha_stops_trials_and_records_them_pruned(tmp_path):
     assert any(f"trial {n} stopped" in proc.stdout for n in pruned)
 
 
-def test_moasha_rungs_survive_a_resume(kill, tmp_path):
-    proc = subprocess.Popen(_args("killed", tmp_path), cwd=tmp_path, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines = []
-    for line in proc.stdout:  # killed once three trials are recorded at the rung
-        lines.append(line)
-        if "trial 3 epoch 1/2" in line:
-            break
-    assert any("trial 3 epoch 1/2" in ln for ln in lines), "".join(lines[-30:])
-    kill(proc)
+def test_moasha_rungs_survive_a_resume(driver, tmp_path):
+    proc = driver.start(_search_args("killed", tmp_path), tmp_path)
+    driver.read_until(proc, "trial 3 epoch 1/2", [])  # three trials recorded at the rung
+    driver.kill(proc)
     study = tmp_path / "killed"
     before = {t.number: t.user_attrs.get(PER_EPOCH) for t in _trials(study)}
     assert len(before) >= 4
