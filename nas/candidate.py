@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from search_spaces.adaptive import Adaptive, CostModel
 from search_spaces.config import Config
+from search_spaces.structure import Structure
 from trainers.budget import budget_points, cost_model, operating_points
 from trainers.importance import save_scores, summarize, taylor_importance
 from trainers.measure import Latency, count_macs, count_params, measure_latency
@@ -177,9 +178,9 @@ def budget_report(config: Config, adaptive: Adaptive, model: torch.nn.Module, da
 
 
 def importance_report(model: torch.nn.Module, gated: Any, spec: SearchSpec, folder: Path,
-                      adaptive: Adaptive | None = None) -> dict[str, Any]:
-    """Taylor scores of the trained ``model`` (at its trained knobs: ``adaptive.answers``
-    names the logits it can answer with) on ``importance.batches`` training batches,
+                      structure: Structure) -> dict[str, Any]:
+    """Taylor scores of the trained ``model`` (at its trained knobs: its structure's
+    ``answers`` names the logits it can answer with) on ``importance.batches`` training batches,
     saved as ``folder``/importance.safetensors; returns their ``imp_*`` summary ({} and no
     file when ``importance.batches`` is 0).
 
@@ -194,7 +195,7 @@ def importance_report(model: torch.nn.Module, gated: Any, spec: SearchSpec, fold
                                   seed=spec.train.seed)
     with contextlib.closing(batches):  # releases the gate held by the last batch taken
         scores = taylor_importance(model, batches, num_batches=spec.importance.batches,
-                                   answers=adaptive.answers if adaptive else None)
+                                   answers=structure.answers)
     save_scores(folder / IMPORTANCE, scores)
     return summarize(scores)
 

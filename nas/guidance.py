@@ -13,10 +13,9 @@ spec's dims can give, and none repeats a config the study already holds.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
@@ -25,51 +24,13 @@ from optuna.trial import FrozenTrial, TrialState
 import search_spaces
 from search_spaces.config import Config, ConfigError
 from search_spaces.dims import Dim, FloatRange
+from search_spaces.structure import Knob
 
 from .pareto import pareto_front
 from .spec import SearchSpec
 
 COVERAGE = 90  # the summary read: channels that keep 90% of a component's importance
 _EPS = 1e-9
-
-
-def _split(config: Any) -> int:
-    """A ViT's per-head width when ``qk_dim``/``v_dim`` is None: embed_dim // num_heads."""
-    return config.embed_dim // config.num_heads
-
-
-def _heads_free_capacity(config: Any) -> bool:
-    """Whether fewer heads shrink a ViT's attention: not when every per-head width is
-    embed_dim // heads (qk_dim None, and v_dim None or cascaded group attention, whose value
-    width is the split), where each head just gets wider. (EfficientViT's key_dim is always
-    explicit: fewer heads there always cut heads x key_dim.)"""
-    return config.qk_dim is not None or (config.attn == "mhsa" and config.v_dim is not None)
-
-
-@dataclasses.dataclass(frozen=True)
-class Knob:
-    """The dimension ``dim`` sets the size of ``component`` (trainers.importance.COMPONENTS).
-    ``stage``: the summary's stage it is read from; None for a knob shared by every stage
-    (read from the most demanding stage). ``none_means``: the size a None value stands for.
-    ``applies``: whether narrowing the knob frees capacity in a config (None: always)."""
-
-    component: str
-    dim: str
-    stage: int | None = None
-    none_means: Callable[[Any], float] | None = None
-    applies: Callable[[Any], bool] | None = None
-
-
-KNOBS: dict[str, tuple[Knob, ...]] = {
-    "efficientvit": (
-        Knob("qk", "key_dim"), Knob("v", "v_ratio"), Knob("ffn", "ffn_ratio"),
-        *(Knob("heads", f"heads_{k}", k - 1) for k in range(1, 5)),
-        *(Knob("depth", f"depth_{k}", k - 1) for k in range(1, 5))),
-    "vit": (
-        Knob("qk", "qk_dim", none_means=_split), Knob("v", "v_dim", none_means=_split),
-        Knob("ffn", "mlp_ratio"), Knob("heads", "num_heads", applies=_heads_free_capacity),
-        Knob("depth", "depth", 0)),
-}
 
 
 def kept_fraction(row: Mapping[str, Any], knob: Knob) -> float:
@@ -132,7 +93,7 @@ def trial_proposals(row: Mapping[str, Any], spec: SearchSpec) -> list[tuple[floa
         params = space.params(config, dims)
     except ConfigError:  # not a draw of this spec (e.g. a pruned variant): nothing to narrow
         return []
-    knobs = KNOBS.get(space.name, ())
+    knobs = space.structure(config).guidance  # the family's: which dim sizes what
     out = []
     for component in dict.fromkeys(k.component for k in knobs):
         chosen = [k for k in knobs if k.component == component]

@@ -170,7 +170,8 @@ def train_candidate(config: dict[str, Any], spec: SearchSpec,
                 save_checkpoint(Path(folder), model, config["candidate"], input_info(data),
                                 init, optimizer=optimizer, history=done)
                 if last:
-                    final.update(importance_report(model, gated, spec, Path(folder), adaptive))
+                    final.update(importance_report(model, gated, spec, Path(folder),
+                                                    space.structure(candidate)))
                 tune.report({**metrics, **costs, **final},
                             checkpoint=tune.Checkpoint.from_directory(folder))
 

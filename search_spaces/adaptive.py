@@ -21,10 +21,6 @@ one) and uses only this interface:
   counter (fvcore) the caller injects, so this package needs none.
 - ``loss_terms()``: the auxiliary loss terms, by the name of a pure loss function of
   trainers/losses.py, the aux tensors it reads and its weight.
-- ``answers(output)``: the logits a trained model can answer with (every exit of a cascade):
-  Taylor importance scores structures by their summed cross-entropies.
-- ``unprunable()``: the structural components (heads, depth, ...) pruning must leave whole
-  because the adaptive part depends on their count, each with its reason.
 - ``added_parameters``: name patterns of the parameters the adaptive part adds to its base
   architecture (gates, reuse modules): they start fresh when a candidate is warm-started
   from trained weights of that base, unless ``inherited(weights)`` derives their starting
@@ -126,17 +122,6 @@ class Adaptive(abc.ABC):
 
     def loss_terms(self) -> tuple[LossTerm, ...]:
         return ()
-
-    def answers(self, output: Any) -> list[torch.Tensor]:
-        """The logits a trained model of this config can answer with, from its eval-mode
-        ``output`` at the trained knobs: Taylor importance sums their cross-entropies
-        (default: the output's own logits)."""
-        return [output.logits]
-
-    def unprunable(self) -> dict[str, str]:
-        """Structural components (trainers.importance's names: heads, qk, v, ffn, depth) whose
-        count this adaptive part depends on, each with the reason: pruning leaves them whole."""
-        return {}
 
     def inherited(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Starting values of added parameters derived from the base's trained ``weights``

@@ -237,6 +237,20 @@ class CascadeCost:
                 for k in range(len(self.cumulative))}
 
 
+def answers(output: Any) -> list[torch.Tensor]:
+    """Every stage's logits (the exits off, as trained: each stage may answer)."""
+    return [*output.aux["cascade_logits"].unbind(1), output.logits]
+
+
+def whole(config: Any) -> dict[str, str]:
+    """What pruning keeps whole: relationship reuse maps every layer's heads of one stage onto
+    the next stage's."""
+    if not config.cascade_relation_reuse:
+        return {}
+    why = "relationship reuse maps every head of every layer of one stage to the next"
+    return {"heads": why, "depth": why}
+
+
 class Cascade(Adaptive):
     """A DVT cascade of a ``vit`` config (its blocks and the :class:`CascadeFields`). The
     last stage is named like a static ViT: a static parent's weights start it."""
@@ -284,17 +298,6 @@ class Cascade(Adaptive):
     def cost_model(self, model: nn.Module, input_shape: Sequence[int],
                    count: Count) -> CascadeCost:
         return CascadeCost.of(model, input_shape, count)
-
-    def answers(self, output: Any) -> list[torch.Tensor]:
-        """Every stage's logits (the exits off, as trained: each stage may answer)."""
-        return [*output.aux["cascade_logits"].unbind(1), output.logits]
-
-    def unprunable(self) -> dict[str, str]:
-        """Relationship reuse maps every layer's heads of one stage onto the next stage's."""
-        if not self.config.cascade_relation_reuse:
-            return {}
-        why = "relationship reuse maps every head of every layer of one stage to the next"
-        return {"heads": why, "depth": why}
 
     def inherited(self, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every earlier stage starts as the parent (the tensors the last stage loads), its

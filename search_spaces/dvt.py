@@ -95,6 +95,8 @@ class ReuseMlp(nn.Module):
     """An FFN whose input gets reused features: ``fc2(act(fc1(x) + reuse(features)))``,
     i.e. the paper's first Linear on [x, features] with its weight split in two."""
 
+    hidden_inputs = ("reuse",)  # Linears adding to fc1's output: their rows are hidden channels
+
     def __init__(self, mlp: Mlp, reuse_dim: int) -> None:
         super().__init__()
         self.fc1, self.act, self.fc2 = mlp.fc1, mlp.act, mlp.fc2

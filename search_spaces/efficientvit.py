@@ -385,6 +385,8 @@ def build(config: EfficientViTConfig, *, num_classes: int, in_chans: int = 3) ->
     )
 
 
+from .efficientvit_structure import EfficientViTStructure  # noqa: E402  (reads the model)
+
 register(SearchSpace(
     name=KIND,
     config_cls=EfficientViTConfig,
@@ -394,6 +396,7 @@ register(SearchSpace(
     build_fn=build,
     check_fn=check_dims,
     params_fn=params,
+    structure_cls=EfficientViTStructure,
     description="EfficientViT (MSRA, CVPR 2023): hierarchical sandwich blocks with cascaded "
                 "group attention in windows; presets m0..m5",
 ))

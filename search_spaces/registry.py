@@ -11,6 +11,7 @@ from torch import nn
 from .adaptive import Adaptive, BudgetKnob
 from .config import Config, ConfigError
 from .dims import Dim, Replay, TrialLike, check_contains
+from .structure import Groups, Structure
 
 SuggestFn = Callable[[TrialLike, Mapping[str, Dim]], Config]
 ParamsFn = Callable[[Config], dict[str, Any]]
@@ -35,6 +36,10 @@ class SearchSpace:
     fix (warm start; default: every dimension); ``weights_architecture_fn(shapes)`` reads
     those it can from a state dict's tensor shapes (None: only export folders, whose config
     says them, can be a warm start).
+
+    ``structure_cls`` answers what a config's models are made of (search_spaces/structure.py:
+    importance groups, what prunes, pruned configs, guidance knobs); the default declares
+    nothing (no groups, nothing prunable).
     """
 
     name: str
@@ -49,12 +54,17 @@ class SearchSpace:
     budget_knobs: Mapping[str, BudgetKnob] = dataclasses.field(default_factory=dict)
     architecture: tuple[str, ...] | None = None
     weights_architecture_fn: WeightsArchitectureFn | None = None
+    structure_cls: type[Structure] = Structure
     description: str = ""
 
     def adaptive(self, config: Config) -> Adaptive | None:
         """What makes ``config`` adaptive (its knobs, operating points, cost model, loss
         terms), or None: a static config."""
         return None if self.adaptive_fn is None else self.adaptive_fn(config)
+
+    def structure(self, config: Config) -> Structure:
+        """What ``config``'s models are made of (its groups, what prunes, and how)."""
+        return self.structure_cls(config)
 
     def architecture_of(self, config: Config) -> dict[str, Any]:
         """The values of ``config``'s architecture dimensions (what its weights fix)."""
@@ -147,3 +157,20 @@ def get(name: str) -> SearchSpace:
 
 def names() -> list[str]:
     return sorted(_SPACES)
+
+
+def structure_of(model: nn.Module) -> type[Structure]:
+    """The structure class whose ``groups`` read ``model`` (TypeError if no family's does)."""
+    for name in _SPACES:
+        if isinstance(model, _SPACES[name].structure_cls.models):
+            return _SPACES[name].structure_cls
+    known = [m.__name__ for space in reversed(_SPACES.values())  # newest family first
+             for m in space.structure_cls.models]
+    expected = " or ".join(f"{'an' if n[0] in 'AEIOU' else 'a'} {n}" for n in known)
+    raise TypeError(f"no structural groups known for {type(model).__name__}; "
+                    f"expected {expected or 'a model of a family that declares a structure'}")
+
+
+def group_layout(model: nn.Module) -> dict[str, Groups]:
+    """The structural groups of a built ``model``, as its family's structure names them."""
+    return structure_of(model).groups(model)

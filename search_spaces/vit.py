@@ -417,6 +417,8 @@ def build(config: ViTConfig, *, num_classes: int, in_chans: int = 3) -> VisionTr
     return VisionTransformer(**fields)
 
 
+from .vit_structure import ViTStructure  # noqa: E402  (it reads this module's model)
+
 register(SearchSpace(
     name="vit",
     config_cls=ViTConfig,
@@ -430,6 +432,7 @@ register(SearchSpace(
     budget_knobs={**halting.BUDGET_KNOBS, **gating.BUDGET_KNOBS, **cascading.BUDGET_KNOBS},
     architecture=ARCHITECTURE,
     weights_architecture_fn=architecture_of_weights,
+    structure_cls=ViTStructure,
     description="Isotropic ViT/DeiT (class token, learned positions) with per-head Q/K and V "
                 "widths, MHSA or cascaded group attention, and sandwich FFN blocks.",
 ))

@@ -14,7 +14,8 @@ removed (a zeroed block of a residual network is the identity, a head with zeroe
 columns contributes nothing). Over several batches the per-batch scores are SUMMED (squares
 of per-batch sums, not the square of a sum: the paper's accumulation, so that gradients of
 opposite sign on different batches do not cancel). Sums run in float64; scores are float64.
-The groups, and so which parameter entries enter each sum, are defined in trainers/groups.py.
+The groups, and so which parameter entries enter each sum, are the family's answer
+(``Structure.groups``, search_spaces/structure.py; trainers/groups.py asks for them).
 
 Scoring runs the model in eval mode: BatchNorm uses its running statistics (EfficientViT's
 ConvBN then folds them into the conv, still differentiably) and dropout is off, so the scores
@@ -43,12 +44,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from search_spaces.output import logits_of
+from search_spaces.structure import COMPONENTS
 
 from .data import Batch
 from .groups import Groups, component, group_layout
 
 COVERAGES = (0.9, 0.95)
-COMPONENTS = ("heads", "qk", "v", "ffn", "depth")
 _BLOCK = re.compile(r"^(blocks\.\d+|stages\.\d+\.blocks\.\d+|stages\.\d+\.downsample)\.")
 _STAGE = re.compile(r"^stages\.(\d+)\.")
 
@@ -107,7 +108,7 @@ def taylor_importance(
     the iterable ends first; at least one is needed).
 
     Each batch: an eval-mode forward, the mean cross-entropy of the logits (a ``ModelOutput``
-    gives its ``logits``; ``answers(output)``, e.g. ``Adaptive.answers``, gives several, whose
+    gives its ``logits``; ``answers(output)``, e.g. ``Structure.answers``, gives several, whose
     cross-entropies are summed), and gradients by ``torch.autograd.grad``, so the parameters'
     ``.grad`` are never touched. ``device`` (default: the model's) is where it runs; the model
     goes back to its device and train/eval mode afterwards. Scores are returned on the CPU.

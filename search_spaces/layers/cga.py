@@ -121,3 +121,10 @@ class WindowedCGA(nn.Module):
         if pad_h or pad_w:
             x = x[:, :H, :W]
         return x.permute(0, 3, 1, 2)
+
+
+# what pruning keeps whole in any cascaded group attention (search_spaces/structure.py)
+UNPRUNABLE = {
+    "heads": "cascaded group attention reads one input chunk per head",
+    "v": "cascaded group attention adds each head's V output to the next head's input",
+}

@@ -358,7 +358,7 @@ def test_a_cascades_stages_are_scored_and_summarised_by_thirds_of_depth() -> Non
     model = make(config)
     alone = taylor_importance(model, [batch(config)], num_batches=1)  # the last stage's loss
     assert alone["stages.0.blocks.0.mlp.hidden"].abs().sum() == 0  # no reuse: no gradient
-    answers = search_spaces.get("vit").adaptive(config).answers
+    answers = search_spaces.get("vit").structure(config).answers
     scores = taylor_importance(model, [batch(config)], num_batches=1, answers=answers)
     assert {n for n in scores if n.endswith("depth")} == {
         "stages.0.blocks.depth", "stages.1.blocks.depth", "blocks.depth"}

@@ -13,6 +13,7 @@ import search_spaces
 from search_spaces.config import ConfigError
 from search_spaces.efficientvit import EfficientViTConfig
 from search_spaces.vit import ViTConfig
+from search_spaces.vit_structure import exact_ratio
 from trainers.data import load_data
 from trainers.groups import group_layout
 from trainers.importance import taylor_importance
@@ -20,7 +21,6 @@ from trainers.loop import FitSettings, evaluate, fit
 from trainers.measure import count_macs
 from trainers.pruning import (
     build_pruned,
-    exact_ratio,
     finetune,
     keep_ratios,
     prunable,

@@ -1,0 +1,155 @@
+"""The structure of an ``efficientvit`` config (search_spaces/structure.py).
+
+Group names, in forward order: ``stages.{s}.downsample.res1.hidden`` and ``.res2.hidden``
+(the FFNs around PatchMerging), ``stages.{s}.blocks.{b}.ffn{i}.hidden``,
+``stages.{s}.blocks.{b}.attn.heads`` / ``.qk`` / ``.v`` and ``stages.{s}.blocks.depth``.
+Q/K and V groups are head-major, as ViT's; a Q channel of the window attention also owns its
+channel of the depthwise conv (and BN) that filters q.
+
+A config has one ``key_dim`` and ``ffn_ratio`` for all stages and ``depths`` per stage: the
+kept Q/K count is uniform over every block of every stage, the depth count per stage, and an
+FFN keeps ``round(width * keep * ffn_ratio)`` (the ratio is global, so the count follows each
+FFN's width). Heads and V channels stay whole: the window attention is cascaded group
+attention (head i reads input chunk i; its output is added to head i+1's input).
+PatchMerging's fixed 4x hidden width is not pruned (no config field expresses it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config
+from .efficientvit import EfficientViT, ffn_hidden
+from .layers.cga import UNPRUNABLE as CGA_WHOLE
+from .layers.cga import CascadedGroupAttention as WindowCGA
+from .layers.conv import ConvFFN
+from .structure import (
+    Groups,
+    Knob,
+    Part,
+    Structure,
+    cat,
+    component,
+    depth_groups,
+    each,
+    kept_count,
+    rows,
+    scale_rows,
+    unowned,
+)
+
+BN_KEYS = ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
+
+
+class EfficientViTStructure(Structure):
+    models = (EfficientViT,)
+    components = ("qk", "ffn", "depth")
+    guidance = (Knob("qk", "key_dim"), Knob("v", "v_ratio"), Knob("ffn", "ffn_ratio"),
+                *(Knob("heads", f"heads_{k}", k - 1) for k in range(1, 5)),
+                *(Knob("depth", f"depth_{k}", k - 1) for k in range(1, 5)))
+
+    @classmethod
+    def groups(cls, model: nn.Module) -> dict[str, Groups]:
+        layout: dict[str, Groups] = {}
+        for s, stage in enumerate(model.stages):
+            if s > 0:
+                for pair in ("res1", "res2"):
+                    ffn = stage.downsample.get_submodule(pair)[1].m
+                    layout[f"stages.{s}.downsample.{pair}.hidden"] = _conv_ffn(
+                        f"stages.{s}.downsample.{pair}.1.m", ffn)
+            for b, block in enumerate(stage.blocks):
+                p = f"stages.{s}.blocks.{b}"
+                for name, child in block.named_children():
+                    if name.startswith("ffn"):
+                        layout[f"{p}.{name}.hidden"] = _conv_ffn(f"{p}.{name}.m", child.m)
+                    elif name == "mixer":
+                        layout.update(_window_cga(f"{p}.attn", f"{p}.mixer.m.attn",
+                                                  child.m.attn))
+            layout[f"stages.{s}.blocks.depth"] = depth_groups(model, f"stages.{s}.blocks",
+                                                              len(stage.blocks))
+        return layout
+
+    def unprunable(self) -> dict[str, str]:
+        return dict(CGA_WHOLE)
+
+    def pruned(self, ratios: Mapping[str, float]) -> Config:
+        config = self.config
+        changes: dict[str, Any] = {}
+        key_dim = kept_count(config.key_dim, ratios.get("qk", 1.0))
+        if key_dim != config.key_dim:
+            changes["key_dim"] = key_dim
+        if ratios.get("ffn", 1.0) != 1.0:  # round(w * r) >= 1 for every width w
+            ratio = max(config.ffn_ratio * ratios["ffn"], 1 / min(config.embed_dims))
+            changes["ffn_ratio"] = _short_ratio(ratio, config.embed_dims)
+        depths = tuple(kept_count(d, ratios.get("depth", 1.0)) for d in config.depths)
+        if depths != config.depths:
+            changes["depths"] = depths
+        return config.replace(**changes)
+
+    def kept(self, new: Config, name: str, group: Groups,
+             state: Mapping[str, torch.Tensor]) -> int:
+        comp = component(name)
+        if comp == "ffn":  # the FFN's input width: pw1's weight is (hidden, width, 1, 1)
+            return ffn_hidden(state[group.parts[0].key].shape[1], new.ffn_ratio)
+        if comp == "depth":
+            return new.depths[int(name.split(".")[1])]
+        return {"heads": group.size, "qk": new.key_dim, "v": group.size // group.heads}[comp]
+
+    def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config) -> None:
+        """The query's depthwise BN: its affine output is linear in its weight and bias."""
+        for name, module in model.named_modules():
+            if isinstance(module, WindowCGA):
+                keys = [f"{name}.dws.{i}.bn.{p}" for i in range(module.num_heads)
+                        for p in ("weight", "bias")]
+                scale_rows(state, keys, module.key_dim, module.key_dim, new.key_dim)
+
+    def build_key(self) -> str:
+        """ffn_ratio counts only through the FFN widths it gives (a bisection visits many
+        ratios of one structure)."""
+        data = self.config.to_dict()
+        data["ffn_ratio"] = [ffn_hidden(w, self.config.ffn_ratio) for w in self.config.embed_dims]
+        return f"{self.config.KIND}:{json.dumps(data, sort_keys=True)}"
+
+
+def _short_ratio(ratio: float, widths: Sequence[int]) -> float:
+    """The ratio with the fewest decimals that gives the same FFN widths as ``ratio``."""
+    for digits in range(1, 8):
+        short = round(ratio, digits)
+        if short > 0 and all(ffn_hidden(w, short) == ffn_hidden(w, ratio) for w in widths):
+            return short
+    return ratio
+
+
+def _convbn(prefix: str) -> list[str]:
+    return [f"{prefix}.conv.weight", *(f"{prefix}.{k}" for k in BN_KEYS)]
+
+
+def _conv_ffn(p: str, ffn: ConvFFN) -> Groups:
+    n = ffn.pw1.conv.out_channels
+    ids = torch.arange(n)
+    return Groups(n, (*rows(_convbn(f"{p}.pw1"), ids), Part(f"{p}.pw2.conv.weight", 1, ids)))
+
+
+def _window_cga(name: str, p: str, attn: WindowCGA) -> dict[str, Groups]:
+    """Head i owns ``qkvs.{i}`` (rows [q | k | v], conv + BN), ``dws.{i}`` (the depthwise
+    filter of q: one channel per Q channel), its attention biases and its ``proj`` columns."""
+    h, kd, vd = attn.num_heads, attn.key_dim, attn.value_dim
+    heads, qks, vs = [], [], []
+    for i in range(h):
+        qkv, dw = _convbn(f"{p}.qkvs.{i}"), _convbn(f"{p}.dws.{i}")
+        heads += rows(qkv, torch.full((2 * kd + vd,), i)) + rows(dw, torch.full((kd,), i))
+        own = i * kd + torch.arange(kd)
+        qks += rows(qkv, cat(own, own, unowned(vd))) + rows(dw, own)
+        vs += rows(qkv, cat(unowned(2 * kd), i * vd + torch.arange(vd)))
+    proj = f"{p}.proj.1.conv.weight"
+    heads += [Part(proj, 1, each(h, vd)), Part(f"{p}.attention_biases", 0, torch.arange(h))]
+    return {
+        f"{name}.heads": Groups(h, tuple(heads)),
+        f"{name}.qk": Groups(h * kd, tuple(qks), heads=h),
+        f"{name}.v": Groups(h * vd, (*vs, Part(proj, 1, torch.arange(h * vd))), heads=h),
+    }

@@ -1,0 +1,206 @@
+"""The structure of a ``vit`` config (search_spaces/structure.py): its groups, what prunes.
+
+Group names, in forward order: ``blocks.{b}.attn.heads``, ``blocks.{b}.attn.qk``,
+``blocks.{b}.attn.v``, ``blocks.{b}.pre_ffns.{j}.hidden`` (sandwich FFNs),
+``blocks.{b}.mlp.hidden`` and ``blocks.depth`` (one group per block); the ViTs nested in one
+(a cascade's earlier stages) the same under their path, e.g. ``stages.{k}.blocks``.
+
+Q/K and V groups are head-major: group ``head * width + c`` is channel c of that head (Q/K
+channels are per head, so pruning may keep different channel indices in different heads). The
+Q and K channels of one index form one group: q.k needs both.
+
+A config has one width per field (one ``num_heads``, ``qk_dim``, ``v_dim``, ``mlp_ratio`` and
+``depth`` for all blocks), so the kept COUNT of a component is ``round(keep * count)`` (at
+least 1) for every block; the FFN width is ``int(embed_dim * mlp_ratio)``, and the new
+``mlp_ratio`` is chosen (up to the next float) so that this is exactly the kept count.
+
+Cascaded group attention (``attn="cga"``) cannot lose heads or V channels: head i reads input
+chunk i of ``dim / heads`` channels (another head count re-splits the input rather than
+dropping a slice), and head i's output is added to head i+1's input chunk channel by channel,
+and those channels are the residual stream's. A cascade with relationship reuse keeps heads
+and depth whole (its reuse maps every head of every layer to the next stage).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import cascading
+from .config import Config
+from .layers.attention import MultiHeadAttention
+from .layers.attention import TokenCascadedGroupAttention as TokenCGA
+from .layers.cga import UNPRUNABLE as CGA_WHOLE
+from .layers.mlp import Mlp
+from .structure import (
+    COMPONENTS,
+    Groups,
+    Knob,
+    Part,
+    Structure,
+    cat,
+    component,
+    depth_groups,
+    each,
+    kept_count,
+    linear,
+    rows,
+    scale_rows,
+    unowned,
+)
+from .vit import VisionTransformer
+
+
+def split(config: Any) -> int:
+    """The per-head width a None ``qk_dim``/``v_dim`` stands for: embed_dim // num_heads."""
+    return config.embed_dim // config.num_heads
+
+
+def heads_free_capacity(config: Any) -> bool:
+    """Whether fewer heads shrink a ViT's attention: not when every per-head width is
+    embed_dim // heads (qk_dim None, and v_dim None or cascaded group attention, whose value
+    width is the split), where each head just gets wider."""
+    return config.qk_dim is not None or (config.attn == "mhsa" and config.v_dim is not None)
+
+
+def exact_ratio(dim: int, hidden: int) -> float:
+    """A float r with ``int(dim * r) == hidden`` (the FFN's width rule): hidden / dim, or
+    the next float up or down where rounding of hidden / dim would miss by one."""
+    ratio = hidden / dim
+    while int(dim * ratio) < hidden:
+        ratio = math.nextafter(ratio, math.inf)
+    while int(dim * ratio) > hidden:
+        ratio = math.nextafter(ratio, -math.inf)
+    return ratio
+
+
+class ViTStructure(Structure):
+    models = (VisionTransformer,)
+    components = COMPONENTS
+    guidance = (Knob("qk", "qk_dim", none_means=split), Knob("v", "v_dim", none_means=split),
+                Knob("ffn", "mlp_ratio"), Knob("heads", "num_heads", applies=heads_free_capacity),
+                Knob("depth", "depth", 0))
+
+    @classmethod
+    def groups(cls, model: nn.Module) -> dict[str, Groups]:
+        """Every ViT in ``model``: the ViTs nested in it first (their names prefixed with
+        their module path), then its own blocks."""
+        nested = [(f"{name}.", vit) for name, vit in model.named_modules()
+                  if name and isinstance(vit, VisionTransformer)]
+        layout: dict[str, Groups] = {}
+        for prefix, vit in (*nested, ("", model)):
+            layout.update(_blocks(model, prefix, vit))
+        return layout
+
+    def unprunable(self) -> dict[str, str]:
+        whole = dict(CGA_WHOLE) if self.config.attn != "mhsa" else {}
+        if self.config.token_policy == "cascade":
+            whole.update(cascading.whole(self.config))
+        return whole
+
+    def answers(self, output: Any) -> list[torch.Tensor]:
+        if self.config.token_policy == "cascade":
+            return cascading.answers(output)
+        return super().answers(output)
+
+    def pruned(self, ratios: Mapping[str, float]) -> Config:
+        config = self.config
+        qk, v = config.qk_dim or split(config), config.v_dim or split(config)
+        heads = kept_count(config.num_heads, ratios.get("heads", 1.0))
+        new_qk, new_v = kept_count(qk, ratios.get("qk", 1.0)), kept_count(v, ratios.get("v", 1.0))
+        changes: dict[str, Any] = {}
+        if heads != config.num_heads:  # None would mean embed_dim // heads: widths explicit
+            changes.update(num_heads=heads, qk_dim=new_qk, v_dim=new_v)
+        else:  # an unchanged width keeps its spelling (None stays None)
+            changes.update(qk_dim=new_qk if new_qk != qk else config.qk_dim,
+                           v_dim=new_v if new_v != v else config.v_dim)
+        hidden = int(config.embed_dim * config.mlp_ratio)
+        new_hidden = kept_count(hidden, ratios.get("ffn", 1.0))
+        if new_hidden != hidden:
+            changes["mlp_ratio"] = exact_ratio(config.embed_dim, new_hidden)
+        depth = kept_count(config.depth, ratios.get("depth", 1.0))
+        if depth != config.depth:
+            changes["depth"] = depth
+        return config.replace(**changes)
+
+    def kept(self, new: Config, name: str, group: Groups,
+             state: Mapping[str, torch.Tensor]) -> int:
+        comp = component(name)
+        if comp == "ffn":  # the FFN's input width: fc1's weight is (hidden, width)
+            return int(state[group.parts[0].key].shape[1] * new.mlp_ratio)
+        return {"heads": new.num_heads if new.attn == "mhsa" else group.size,
+                "qk": new.qk_dim or split(new), "v": new.v_dim or split(new),
+                "depth": new.depth}[comp]
+
+    def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config) -> None:
+        width = new.qk_dim or split(new)
+        for name, module in model.named_modules():
+            if isinstance(module, MultiHeadAttention):
+                scale_rows(state, linear(f"{name}.qkv"), module.num_heads * module.qk_dim,
+                           module.qk_dim, width)
+            elif isinstance(module, TokenCGA):
+                keys = [k for i in range(module.num_heads) for k in linear(f"{name}.qkvs.{i}")]
+                scale_rows(state, keys, module.qk_dim, module.qk_dim, width)
+
+
+def _blocks(root: nn.Module, prefix: str, vit: VisionTransformer) -> dict[str, Groups]:
+    layout: dict[str, Groups] = {}
+    for b, block in enumerate(vit.blocks):
+        p = f"{prefix}blocks.{b}"
+        if isinstance(block.attn, MultiHeadAttention):
+            layout.update(_mhsa(f"{p}.attn", block.attn))
+        elif isinstance(block.attn, TokenCGA):
+            layout.update(_token_cga(f"{p}.attn", block.attn))
+        else:
+            raise TypeError(f"{p}.attn: no groups known for {type(block.attn).__name__}")
+        for j, ffn in enumerate(block.pre_ffns):
+            layout[f"{p}.pre_ffns.{j}.hidden"] = _mlp(f"{p}.pre_ffns.{j}.mlp", ffn.mlp)
+        layout[f"{p}.mlp.hidden"] = _mlp(f"{p}.mlp", block.mlp)
+    layout[f"{prefix}blocks.depth"] = depth_groups(root, f"{prefix}blocks", len(vit.blocks))
+    return layout
+
+
+def _mhsa(p: str, attn: MultiHeadAttention) -> dict[str, Groups]:
+    """qkv rows are [q of every head | k of every head | v of every head]."""
+    h, qk, v = attn.num_heads, attn.qk_dim, attn.v_dim
+    qkv, proj = linear(f"{p}.qkv"), f"{p}.proj.weight"
+    heads = cat(each(h, qk), each(h, qk), each(h, v))
+    qk_ids = cat(torch.arange(h * qk), torch.arange(h * qk), unowned(h * v))
+    v_ids = cat(unowned(2 * h * qk), torch.arange(h * v))
+    return {
+        f"{p}.heads": Groups(h, (*rows(qkv, heads), Part(proj, 1, each(h, v)))),
+        f"{p}.qk": Groups(h * qk, tuple(rows(qkv, qk_ids)), heads=h),
+        f"{p}.v": Groups(h * v, (*rows(qkv, v_ids), Part(proj, 1, torch.arange(h * v))), h),
+    }
+
+
+def _token_cga(p: str, attn: TokenCGA) -> dict[str, Groups]:
+    """Head i owns ``qkvs.{i}`` (rows [q | k | v]) and its columns of ``proj``."""
+    h, qk, v = attn.num_heads, attn.qk_dim, attn.split
+    heads, qks, vs = [], [], []
+    for i in range(h):
+        keys = linear(f"{p}.qkvs.{i}")
+        heads += rows(keys, torch.full((2 * qk + v,), i))
+        own = i * qk + torch.arange(qk)
+        qks += rows(keys, cat(own, own, unowned(v)))
+        vs += rows(keys, cat(unowned(2 * qk), i * v + torch.arange(v)))
+    proj = f"{p}.proj.weight"
+    return {
+        f"{p}.heads": Groups(h, (*heads, Part(proj, 1, each(h, v)))),
+        f"{p}.qk": Groups(h * qk, tuple(qks), heads=h),
+        f"{p}.v": Groups(h * v, (*vs, Part(proj, 1, torch.arange(h * v))), heads=h),
+    }
+
+
+def _mlp(p: str, mlp: Mlp) -> Groups:
+    """Hidden channel c: row c of fc1 (and of the Linears a cascade adds to fc1's output:
+    ``mlp.hidden_inputs``) and column c of fc2."""
+    n = mlp.fc1.out_features
+    ids = torch.arange(n)
+    extra = [Part(f"{p}.{name}.weight", 0, ids) for name in getattr(mlp, "hidden_inputs", ())]
+    return Groups(n, (*rows(linear(f"{p}.fc1"), ids), *extra, Part(f"{p}.fc2.weight", 1, ids)))
+
