@@ -30,7 +30,8 @@ class ViTConfig(Config, *policies.field_mixins()):
     (search_spaces/policies/): "halting" (A-ViT, with the ``halt_*`` fields), "gating"
     (AdaViT, with the ``gate_*`` fields; needs depth >= 2) or "cascade" (DVT, with the
     ``cascade_*`` fields). Every policy's fields are fields of every config (a mixin each,
-    from the registry); they matter only for the config's own policy.
+    from the registry); they matter, and count in :meth:`key`, only for the config's own
+    policy.
     """
 
     KIND: ClassVar[str] = "vit"
@@ -65,6 +66,15 @@ class ViTConfig(Config, *policies.field_mixins()):
     def policy(self) -> TokenPolicy | None:
         """The config's token policy (search_spaces/policies/), None for a static one."""
         return None if self.token_policy == STATIC else policies.get(self.token_policy)
+
+    def key_fields(self) -> tuple[str, ...]:
+        """The base architecture's fields, ``token_policy`` and the fields of the config's own
+        policy: other policies' fields do not change its model, nor its key (so adding a
+        policy changes no config's key)."""
+        others = policies.field_names()
+        own = set() if self.policy() is None else set(self.policy().field_names())
+        return tuple(f.name for f in dataclasses.fields(self)
+                     if f.name not in others or f.name in own)
 
     def _check_relations(self) -> None:
         check(self.img_size % self.patch_size == 0,
