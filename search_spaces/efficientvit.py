@@ -13,7 +13,7 @@ Generalisations searched here, each reducing to the paper at its default:
 - ``sandwich``: DW+FFN pairs on each side of the attention (paper: 1, i.e. FFN:MHSA = 2:1).
   The DW+FFN pairs around each PatchMerging stay single.
 - ``v_ratio``: value dim per head = round(v_ratio * width / heads) (paper: 1.0); see
-  :class:`~search_spaces.layers.cga.CascadedGroupAttention` for the cascade when it differs.
+  :class:`~search_spaces.layers.cga.GroupAttention` for the cascade when it differs.
 - ``ffn_ratio``: hidden width of every FFN, those around PatchMerging included (paper: 2.0).
 """
 

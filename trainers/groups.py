@@ -32,8 +32,8 @@ from torch import nn
 
 from search_spaces.efficientvit import EfficientViT
 from search_spaces.layers.attention import MultiHeadAttention
-from search_spaces.layers.attention import TokenCascadedGroupAttention as TokenCGA
-from search_spaces.layers.cga import CascadedGroupAttention as WindowCGA
+from search_spaces.layers.attention import TokenGroupAttention as TokenCGA
+from search_spaces.layers.cga import GroupAttention as WindowCGA
 from search_spaces.layers.conv import ConvFFN
 from search_spaces.layers.mlp import Mlp
 from search_spaces.vit import VisionTransformer

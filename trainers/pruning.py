@@ -58,8 +58,8 @@ import search_spaces
 from search_spaces.config import Config
 from search_spaces.efficientvit import EfficientViTConfig, ffn_hidden
 from search_spaces.layers.attention import MultiHeadAttention
-from search_spaces.layers.attention import TokenCascadedGroupAttention as TokenCGA
-from search_spaces.layers.cga import CascadedGroupAttention as WindowCGA
+from search_spaces.layers.attention import TokenGroupAttention as TokenCGA
+from search_spaces.layers.cga import GroupAttention as WindowCGA
 from search_spaces.output import ModelOutput
 from search_spaces.vit import ViTConfig
 
