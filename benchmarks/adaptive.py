@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import SAMPLE, header, interleaved, write_table  # noqa: E402
 
 import search_spaces  # noqa: E402  (imports search_spaces._compat first)
-from search_spaces.gates import GATE_BIAS  # noqa: E402
-from search_spaces.gating import TARGETS  # noqa: E402
+from search_spaces.policies.gating import TARGETS  # noqa: E402
+from search_spaces.policies.gating.gates import GATE_BIAS  # noqa: E402
 from search_spaces.vit import ViTConfig  # noqa: E402
 from trainers.budget import (  # noqa: E402
     at_knobs,
@@ -226,7 +226,7 @@ def check_skipping(config: ViTConfig, model: torch.nn.Module, data: Data) -> flo
     noise on 256 validation images (gated models; 0 for others)."""
     if config.token_policy != "gating":
         return 0.0
-    from search_spaces import gates
+    from search_spaces.policies.gating import gates
 
     x = next(iter(data.val_batches(256)))[0]
     with torch.inference_mode():

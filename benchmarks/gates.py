@@ -9,9 +9,9 @@ real Fashion-MNIST validation images, one thread, interleaved:
 
 - ``masked``: every head, branch and token computed, then multiplied by its bit (the
   training formulation; what AdaViT's released code runs at inference);
-- ``skipping``: the model's eval path (search_spaces/gates.py): packed kept tokens, branches
-  run only on the images that keep them, each head only on the images that keep it
-  (per-head gathers of the Q/K/V and output projection slices);
+- ``skipping``: the model's eval path (search_spaces/policies/gating/gates.py): packed kept
+  tokens, branches run only on the images that keep them, each head only on the images that
+  keep it (per-head gathers of the Q/K/V and output projection slices);
 - ``by pattern`` (heads only): the alternative design, images grouped by their set of kept
   heads and each group run through one fused attention of those heads.
 
@@ -34,8 +34,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import SAMPLE, header, interleaved, write_table  # noqa: E402
 
-from search_spaces import gates  # noqa: E402  (imports search_spaces._compat first)
-from search_spaces.layers.attention import MultiHeadAttention, sdpa_mask  # noqa: E402
+from search_spaces.layers.attention import (  # noqa: E402  (imports search_spaces._compat first)
+    MultiHeadAttention,
+    sdpa_mask,
+)
+from search_spaces.policies.gating import gates  # noqa: E402
 from search_spaces.vit import ViTConfig, build  # noqa: E402
 from trainers.budget import cost_model  # noqa: E402
 from trainers.data import DataSettings, load_data  # noqa: E402

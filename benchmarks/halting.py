@@ -5,7 +5,7 @@ accuracy/MACs points that static ViTs do not? Writes results/benchmarks/halting.
 then times, interleaved in one process on real validation images, the removal path (eval
 mode), the same weights run in full (every token through every block) and the masked path,
 at each batch size; realised speedup = full time / removal time, MACs reduction = full MACs /
-MACs the removal path executed on those images (search_spaces.token_cost). Also compares
+MACs the removal path executed on those images (search_spaces.policies.token_cost). Also compares
 how the removal path groups rows (PAD_SPLIT: one padded batch vs rows split by length).
 
 ``fronts`` (needs Ray: real searches): a small search of static ViTs and one of halting ViTs
@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import SAMPLE, header, interleaved, write_table  # noqa: E402
 
 import search_spaces  # noqa: E402  (imports search_spaces._compat first)
-from search_spaces import halting  # noqa: E402
 from search_spaces.layers import ragged  # noqa: E402
-from search_spaces.token_cost import TokenCost  # noqa: E402
+from search_spaces.policies import halting  # noqa: E402
+from search_spaces.policies.token_cost import TokenCost  # noqa: E402
 from search_spaces.vit import ViTConfig  # noqa: E402
 from trainers.data import load_data  # noqa: E402
 from trainers.loop import FitSettings, evaluate, fit  # noqa: E402

@@ -49,15 +49,27 @@ class Config:
         return cls(**{k: _coerce(hints[k], v) for k, v in data.items()})
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return _canonical(self.to_dict())
 
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
         return cls.from_dict(json.loads(text))
 
+    def key_fields(self) -> tuple[str, ...]:
+        """The fields :meth:`key` hashes: by default every field. A config whose fields
+        matter only under a condition (a token policy's) may leave out those that do not, so
+        that adding such fields changes no existing config's key."""
+        return tuple(f.name for f in dataclasses.fields(self))
+
+    def key_data(self) -> dict[str, Any]:
+        """What :meth:`key` hashes: the :meth:`to_dict` values of the :meth:`key_fields`."""
+        data = self.to_dict()
+        return {name: data[name] for name in self.key_fields()}
+
     def key(self) -> str:
-        """A stable 12-hex-digit hash of the config's content (same config, same key)."""
-        return hashlib.sha1(self.to_json().encode()).hexdigest()[:12]
+        """A stable 12-hex-digit hash of the config's content (same config, same key): of
+        :meth:`key_data`, which with every field is the config's :meth:`to_json`."""
+        return hashlib.sha1(_canonical(self.key_data()).encode()).hexdigest()[:12]
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
@@ -73,6 +85,10 @@ def check_int(name: str, value: object, low: int) -> None:
     """Raise :class:`ConfigError` unless ``value`` is an int (not a bool) and >= ``low``."""
     check(isinstance(value, int) and not isinstance(value, bool) and value >= low,
           f"`{name}`={value!r} must be an integer >= {low}", field=name)
+
+
+def _canonical(data: dict[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 @functools.cache

@@ -20,17 +20,17 @@ mask (B, N, N), or a per-head mask (B, heads, N, N). Masked tokens still produce
 queries; callers decide what to do with them. Every query must keep at least one key (keep
 the class token), otherwise its softmax is undefined.
 
-Head gates (AdaViT, search_spaces/gates.py) use two more entry points: ``forward(x, mask,
-heads)`` scales each head's output by ``heads`` (B, H) before the projection (the masked
-training formulation: every head computed), and ``forward_heads(x, mask, on)`` computes, for
-each head, only the images whose bit in ``on`` (bool (B, H)) is set: that head's Q/K/V rows
-of the projection, its attention and its slice of ``proj`` (a head that is off costs nothing;
-its output is zero, as in the masked formulation). Both give the same result.
+Head gates (AdaViT, search_spaces/policies/gating/gates.py) use two more entry points:
+``forward(x, mask, heads)`` scales each head's output by ``heads`` (B, H) before the projection
+(the masked training formulation: every head computed), and ``forward_heads(x, mask, on)``
+computes, for each head, only the images whose bit in ``on`` (bool (B, H)) is set: that head's
+Q/K/V rows of the projection, its attention and its slice of ``proj`` (a head that is off costs
+nothing; its output is zero, as in the masked formulation). Both give the same result.
 
-DVT's relationship reuse (search_spaces/dvt.py) uses ``forward_logits(x, bias)``: the same
-attention unfused, with ``bias`` (B, H, N, N) (or None) added to the pre-softmax logits
-``q k^T / sqrt(qk_dim)``; it returns the output and those logits (bias included). The fused
-path stays the one every other caller runs.
+DVT's relationship reuse (search_spaces/policies/cascade/model.py) uses ``forward_logits(x,
+bias)``: the same attention unfused, with ``bias`` (B, H, N, N) (or None) added to the
+pre-softmax logits ``q k^T / sqrt(qk_dim)``; it returns the output and those logits (bias
+included). The fused path stays the one every other caller runs.
 """
 
 from __future__ import annotations
@@ -136,8 +136,9 @@ class MultiHeadAttention(nn.Module):
         return out + self.proj.bias
 
 
-class TokenCascadedGroupAttention(nn.Module):
-    """Cascaded group attention on tokens (see the module docstring); needs heads | dim."""
+class TokenGroupAttention(nn.Module):
+    """EfficientViT's cascaded group attention (CGA) on tokens (see the module docstring);
+    needs heads | dim."""
 
     def __init__(self, dim: int, num_heads: int, *, qk_dim: int | None = None) -> None:
         super().__init__()
@@ -216,5 +217,5 @@ def build_attention(kind: str, dim: int, num_heads: int, *, qk_dim: int | None =
         if v_dim is not None and v_dim != dim // num_heads:
             raise ValueError(f"cga: v_dim={v_dim} must be None or dim // num_heads "
                              f"= {dim // num_heads} (the cascade adds outputs to inputs)")
-        return TokenCascadedGroupAttention(dim, num_heads, qk_dim=qk_dim)
+        return TokenGroupAttention(dim, num_heads, qk_dim=qk_dim)
     raise ValueError(f"attention kind {kind!r} is not known; allowed: {ATTENTION_KINDS}")

@@ -31,8 +31,9 @@ def relative_offset_index(window: int) -> torch.Tensor:
     return dy * window + dx
 
 
-class CascadedGroupAttention(nn.Module):
-    """CGA over one ``window`` x ``window`` map: (B, dim, window, window) -> same shape.
+class GroupAttention(nn.Module):
+    """EfficientViT's cascaded group attention (CGA) over one ``window`` x ``window`` map:
+    (B, dim, window, window) -> same shape.
 
     ``value_dim`` (per head) may differ from the chunk width ``dim // num_heads``: the cascade
     then adds the previous head's output onto the first ``min(chunk, value_dim)`` channels of
@@ -58,7 +59,7 @@ class CascadedGroupAttention(nn.Module):
         self.register_buffer("attention_bias_idxs", relative_offset_index(window),
                              persistent=False)
 
-    def _cascade(self, chunk: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    def _with_previous(self, chunk: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
         if self.value_dim == self.chunk:
             return chunk + previous
         n = min(self.chunk, self.value_dim)
@@ -74,7 +75,7 @@ class CascadedGroupAttention(nn.Module):
         feat = chunks[0]
         for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws, strict=True)):
             if i > 0:
-                feat = self._cascade(chunks[i], feat)
+                feat = self._with_previous(chunks[i], feat)
             q, k, v = qkv(feat).split(split, dim=1)
             q = _tokens(dw(q)) * self.scale
             attn = torch.matmul(q, _tokens(k).transpose(1, 2)) + biases[i]
@@ -100,7 +101,7 @@ class WindowedCGA(nn.Module):
                  resolution: int, window_size: int, kernels: Sequence[int]) -> None:
         super().__init__()
         self.window = min(window_size, resolution)
-        self.attn = CascadedGroupAttention(dim, key_dim=key_dim, num_heads=num_heads,
+        self.attn = GroupAttention(dim, key_dim=key_dim, num_heads=num_heads,
                                            value_dim=value_dim, window=self.window,
                                            kernels=kernels)
 

@@ -12,7 +12,7 @@ import torch
 
 import nas
 from nas.results import load_results
-from search_spaces.cascading import OFF
+from search_spaces.policies.cascade import OFF
 from search_spaces.vit import ViTConfig
 from trainers.budget import cost_model, evaluate_point
 from trainers.data import load_data

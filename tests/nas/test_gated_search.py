@@ -11,7 +11,7 @@ import pytest
 
 import nas
 from nas.results import load_results
-from search_spaces.gating import BUDGET_KNOBS
+from search_spaces.policies.gating import BUDGET_KNOBS
 from search_spaces.vit import ViTConfig
 from trainers.budget import cost_model, evaluate_point
 from trainers.data import load_data

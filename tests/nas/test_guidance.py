@@ -193,7 +193,7 @@ def test_search_runs_guided_proposals(tmp_path, run_nas):
 
 def test_heads_are_narrowed_only_where_that_shrinks_attention():
     from search_spaces.vit import ViTConfig
-    from search_spaces.vit_structure import heads_free_capacity as _heads_free_capacity
+    from search_spaces.vit.structure import heads_free_capacity as _heads_free_capacity
 
     assert not _heads_free_capacity(ViTConfig(embed_dim=96, num_heads=4))  # heads get wider
     assert not _heads_free_capacity(ViTConfig(embed_dim=96, num_heads=4, attn="cga"))

@@ -11,8 +11,8 @@ import pytest
 
 import nas
 from nas.results import load_results
-from search_spaces.halting import HaltingCost
-from search_spaces.token_cost import TokenCost
+from search_spaces.policies.halting import HaltingCost
+from search_spaces.policies.token_cost import TokenCost
 from trainers.budget import evaluate_point
 from trainers.data import load_data
 from trainers.measure import count_macs

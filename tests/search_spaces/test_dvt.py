@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import search_spaces
-from search_spaces import cascading, dvt
-from search_spaces.cascading import OFF, exit_proportions, fit_thresholds, schedule
 from search_spaces.config import ConfigError
 from search_spaces.dims import Choice, Fixed
+from search_spaces.policies import cascade as cascading
+from search_spaces.policies.cascade import OFF, exit_proportions, fit_thresholds, schedule
+from search_spaces.policies.cascade import reuse as dvt
 from search_spaces.vit import ViTConfig, check_dims
 from trainers.losses import objective_for
 from trainers.measure import count_macs, trace_macs

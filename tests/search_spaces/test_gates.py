@@ -10,12 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from search_spaces import gates
 from search_spaces.config import ConfigError
 from search_spaces.dims import Choice, Fixed
-from search_spaces.gate_cost import GateCost
-from search_spaces.gating import SUBSETS, TARGETS, Gating
 from search_spaces.output import ModelOutput
+from search_spaces.policies.gating import SUBSETS, TARGETS, GateCost, Gating, gates
 from search_spaces.vit import DIMS, Block, FFNBlock, ViTConfig, build, suggest
 from trainers.losses import objective_for, usage_loss, usage_where_loss
 from trainers.measure import count_macs, trace_macs

@@ -11,7 +11,8 @@ from torch import nn
 
 import search_spaces.layers.ragged as ragged
 from search_spaces.config import ConfigError
-from search_spaces.halting import (
+from search_spaces.output import ModelOutput
+from search_spaces.policies.halting import (
     ActState,
     HaltingParams,
     act_step,
@@ -19,7 +20,6 @@ from search_spaces.halting import (
     forward_removal,
     halting_score,
 )
-from search_spaces.output import ModelOutput
 from search_spaces.vit import DIMS, HALT_KNOBS, ViTConfig, build, suggest
 from trainers.losses import objective_for
 

@@ -15,7 +15,7 @@ from search_spaces.config import ConfigError
 from search_spaces.dims import Choice, Fixed
 from search_spaces.layers.attention import (
     MultiHeadAttention,
-    TokenCascadedGroupAttention,
+    TokenGroupAttention,
     build_attention,
 )
 from search_spaces.vit import (
@@ -100,7 +100,7 @@ def test_mhsa_with_separate_qk_and_v_widths_matches_reference() -> None:
 def test_cga_cascades_heads_like_reference() -> None:
     dim, heads, qk = 24, 3, 4
     split = dim // heads
-    attn = TokenCascadedGroupAttention(dim, heads, qk_dim=qk)
+    attn = TokenGroupAttention(dim, heads, qk_dim=qk)
     x = torch.randn(2, 5, dim, generator=gen())
     outs: list[torch.Tensor] = []
     for i in range(heads):
@@ -111,7 +111,7 @@ def test_cga_cascades_heads_like_reference() -> None:
 
 
 def test_cga_first_head_reads_only_its_chunk() -> None:
-    attn = TokenCascadedGroupAttention(24, 3, qk_dim=4)
+    attn = TokenGroupAttention(24, 3, qk_dim=4)
     x = torch.randn(1, 5, 24, generator=gen(), requires_grad=True)
     captured: list[torch.Tensor] = []
     attn.qkvs[0].register_forward_hook(lambda m, i, o: captured.append(o))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from search_spaces.adaptive import ladder
-from search_spaces.halting import Halting, HaltingCost
-from search_spaces.token_cost import TokenCost
+from search_spaces.policies.halting import Halting, HaltingCost
+from search_spaces.policies.token_cost import TokenCost
 from search_spaces.vit import ViTConfig, build
 from trainers.budget import at_knobs, budget_points, evaluate_point
 from trainers.data import load_data

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from search_spaces.adaptive import LossTerm
-from search_spaces.halting import Halting, ponder_weight
 from search_spaces.output import ModelOutput
+from search_spaces.policies.halting import Halting, ponder_weight
 from search_spaces.vit import ViTConfig, build
 from trainers.losses import (
     TERMS,

@@ -13,7 +13,7 @@ import search_spaces
 from search_spaces.config import ConfigError
 from search_spaces.efficientvit import EfficientViTConfig
 from search_spaces.vit import ViTConfig
-from search_spaces.vit_structure import exact_ratio
+from search_spaces.vit.structure import exact_ratio
 from trainers.data import load_data
 from trainers.groups import group_layout
 from trainers.importance import taylor_importance

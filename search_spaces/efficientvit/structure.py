@@ -23,12 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config
-from .efficientvit import EfficientViT, ffn_hidden
-from .layers.cga import UNPRUNABLE as CGA_WHOLE
-from .layers.cga import CascadedGroupAttention as WindowCGA
-from .layers.conv import ConvFFN
-from .structure import (
+from ..config import Config
+from ..layers.cga import UNPRUNABLE as CGA_WHOLE
+from ..layers.cga import GroupAttention as WindowCGA
+from ..layers.conv import ConvFFN
+from ..structure import (
     Groups,
     Knob,
     Part,
@@ -42,6 +41,7 @@ from .structure import (
     scale_rows,
     unowned,
 )
+from .model import EfficientViT, ffn_hidden
 
 BN_KEYS = ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
 

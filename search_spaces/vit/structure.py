@@ -17,8 +17,9 @@ least 1) for every block; the FFN width is ``int(embed_dim * mlp_ratio)``, and t
 Cascaded group attention (``attn="cga"``) cannot lose heads or V channels: head i reads input
 chunk i of ``dim / heads`` channels (another head count re-splits the input rather than
 dropping a slice), and head i's output is added to head i+1's input chunk channel by channel,
-and those channels are the residual stream's. A cascade with relationship reuse keeps heads
-and depth whole (its reuse maps every head of every layer to the next stage).
+and those channels are the residual stream's. A token policy may keep more whole
+(``TokenPolicy.unprunable``: a cascade with relationship reuse keeps heads and depth) and
+answer with more logits (``TokenPolicy.answers``: every exit of a cascade).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import cascading
-from .config import Config
-from .layers.attention import MultiHeadAttention
-from .layers.attention import TokenCascadedGroupAttention as TokenCGA
-from .layers.cga import UNPRUNABLE as CGA_WHOLE
-from .layers.mlp import Mlp
-from .structure import (
+from .. import policies
+from ..config import Config
+from ..layers.attention import MultiHeadAttention
+from ..layers.attention import TokenGroupAttention as TokenCGA
+from ..layers.cga import UNPRUNABLE as CGA_WHOLE
+from ..layers.mlp import Mlp
+from ..structure import (
     COMPONENTS,
     Groups,
     Knob,
@@ -52,7 +53,7 @@ from .structure import (
     scale_rows,
     unowned,
 )
-from .vit import VisionTransformer
+from .model import VisionTransformer
 
 
 def split(config: Any) -> int:
@@ -98,13 +99,19 @@ class ViTStructure(Structure):
 
     def unprunable(self) -> dict[str, str]:
         whole = dict(CGA_WHOLE) if self.config.attn != "mhsa" else {}
-        if self.config.token_policy == "cascade":
-            whole.update(cascading.whole(self.config))
+        policy = self._policy()
+        if policy is not None and policy.unprunable is not None:
+            whole.update(policy.unprunable(self.config))
         return whole
 
+    def _policy(self) -> policies.TokenPolicy | None:
+        name = self.config.token_policy
+        return policies.get(name) if name in policies.names() else None
+
     def answers(self, output: Any) -> list[torch.Tensor]:
-        if self.config.token_policy == "cascade":
-            return cascading.answers(output)
+        policy = self._policy()
+        if policy is not None and policy.answers is not None:
+            return policy.answers(output)
         return super().answers(output)
 
     def pruned(self, ratios: Mapping[str, float]) -> Config:

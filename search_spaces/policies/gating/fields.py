@@ -1,28 +1,36 @@
-"""The gated token policy's side of the adaptive contract (AdaViT, search_spaces/gates.py).
+"""The gated policy's config fields, their search dimensions and its budget knobs (AdaViT).
 
-:class:`GateFields` are the ``gate_*`` fields a ``vit`` config carries; ``DIMS`` their search
-dimensions (the gate kinds, any non-empty subset, and one usage target per kind);
-:class:`Gating` gives the budget knobs (one threshold per gate kind the model has, laddered up
-from the trained value: a higher threshold turns more off), the cost model
-(search_spaces/gate_cost.py) and AdaViT's usage losses:
-``w |mean(head bits) - t_h| + w |mean(branch bits) - t_b| + w (mean(patch bits) - t_p)^2``,
-w = 2, the head mean taken over the blocks whose attention branch is on.
+:class:`GateFields` are the ``gate_*`` fields a ``vit`` config carries, :class:`GateParams`
+what they give the model (search_spaces/policies/gating/gates.py); ``DIMS`` their search
+dimensions (the gate kinds, any non-empty subset, and one usage target per kind); the budget
+knobs are one threshold per gate kind (a higher threshold turns more off).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from torch import nn
+from ...adaptive import BudgetKnob
+from ...config import ConfigError, check
+from ...dims import Choice, Dim, Fixed, TrialLike
 
-from .adaptive import Adaptive, BudgetKnob, Calibration, Count, LossTerm, ladder
-from .config import check
-from .dims import Choice, Dim, Fixed, TrialLike
-from .gate_cost import GateCost
-from .gates import KINDS, GateParams
+NAME = "gating"  # the token_policy value
+KINDS = ("heads", "branches", "patches")
+
+
+@dataclasses.dataclass(frozen=True)
+class GateParams:
+    """The gate kinds a model has, the Gumbel temperature and each kind's threshold."""
+
+    kinds: tuple[str, ...] = KINDS
+    tau: float = 5.0
+    heads: float = 0.5
+    branches: float = 0.5
+    patches: float = 0.6
+
 
 # gate kinds -> their config fields: usage target and (budget knob) threshold
 TARGETS = {"heads": "gate_head_target", "branches": "gate_branch_target",
@@ -39,7 +47,8 @@ def kinds_of(value: str) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GateFields:
-    """The ``gate_*`` fields of a config; they matter only when it is gated.
+    """The ``gate_*`` fields of a config (one with a ``token_policy`` field); they matter only
+    when it is gated.
 
     ``gate_kinds``: which gates each block from index 1 on has, "+"-joined from heads,
     branches, patches. Usage targets ``gate_head_target``, ``gate_branch_target``,
@@ -75,7 +84,11 @@ class GateFields:
         check(self.gate_weight >= 0, f"`gate_weight`={self.gate_weight} must be >= 0")
         check(self.gate_tau > 0, f"`gate_tau`={self.gate_tau} must be > 0")
 
-    def gate_params(self) -> GateParams:
+    def gating_params(self) -> GateParams | None:
+        """The model's gate settings, or None unless the config's ``token_policy`` is this
+        policy's (an ungated model)."""
+        if self.token_policy != NAME:
+            return None
         return GateParams(kinds=kinds_of(self.gate_kinds), tau=self.gate_tau,
                           heads=self.gate_head_threshold,
                           branches=self.gate_branch_threshold,
@@ -116,43 +129,16 @@ def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> dict[str, Any]:
     return drawn
 
 
-class Gating(Adaptive):
-    """AdaViT gates of a ``vit`` config (its blocks and the :class:`GateFields`)."""
+def check_config(config: Any) -> None:
+    """A gated config needs two blocks: block 0 runs in full, the gates act from block 1 on."""
+    check(config.depth >= 2,
+          f"`depth`={config.depth} must be >= 2 with token_policy='gating' (block 0 runs in "
+          "full, the gates act from block 1 on)")
 
-    added_parameters = ("gates.*",)
 
-    @property
-    def kinds(self) -> tuple[str, ...]:
-        return kinds_of(self.config.gate_kinds)
-
-    def knobs(self) -> dict[str, float]:
-        return {THRESHOLDS[k]: getattr(self.config, THRESHOLDS[k]) for k in self.kinds}
-
-    def operating_points(self, points: int, limits: Mapping[str, float],
-                         calibration: Calibration | None = None) -> list[dict[str, float]]:
-        """Every threshold from its trained value (point 0) evenly up to its limit (defaults
-        ``LIMITS``): all the model's gates turn more off together."""
-        ladders = {name: ladder(value, limits.get(name, BUDGET_KNOBS[name].limit), points)
-                   for name, value in self.knobs().items()}
-        return [{name: values[i] for name, values in ladders.items()} for i in range(points)]
-
-    def cost_model(self, model: nn.Module, input_shape: Sequence[int],
-                   count: Count) -> GateCost:
-        return GateCost.of(model, input_shape, count, self.kinds)
-
-    def loss_terms(self) -> tuple[LossTerm, ...]:
-        c, w, terms = self.config, self.config.gate_weight, []
-        if "heads" in self.kinds:
-            if "branches" in self.kinds:  # over the blocks whose attention branch is on
-                terms.append(LossTerm("usage_where", ("gate_heads", "gate_branches"), w,
-                                      {"target": c.gate_head_target, "index": 0}))
-            else:
-                terms.append(LossTerm("usage", ("gate_heads",), w,
-                                      {"target": c.gate_head_target, "power": 1}))
-        if "branches" in self.kinds:
-            terms.append(LossTerm("usage", ("gate_branches",), w,
-                                  {"target": c.gate_branch_target, "power": 1}))
-        if "patches" in self.kinds:
-            terms.append(LossTerm("usage", ("gate_patches",), w,
-                                  {"target": c.gate_patch_target, "power": 2}))
-        return tuple(terms)
+def check_dims(dims: Mapping[str, Dim]) -> None:
+    """A search domain that may draw a gated config must not draw a depth below 2."""
+    if min(dims["depth"].values()) < 2:
+        raise ConfigError(f"space.dims.depth: {min(dims['depth'].values())} blocks cannot be "
+                          "gated (token_policy 'gating' needs depth >= 2): raise depth or "
+                          "drop 'gating'")

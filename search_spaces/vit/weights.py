@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .config import ConfigError
+from ..config import ConfigError
 
 Shapes = Mapping[str, tuple[int, ...]]
 

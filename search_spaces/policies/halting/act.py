@@ -28,38 +28,19 @@ what a cost model multiplies), and ``halt_depth`` (B, T), the blocks each token 
 masked path adds ``rho`` (B, T) and ``halt_distribution`` (B, L) (per image, the mean over
 tokens of the halting score given at block l by tokens still running) for the losses.
 
-The family's side of the adaptive contract (search_spaces/adaptive.py) is at the end:
-:class:`HaltingFields` (the ``halt_*`` config fields a ``vit`` config carries), their search
-dimensions and :class:`Halting` (budget knob ``halt_eps``, its threshold ladder, the token
-cost model and A-ViT's ponder and depth-prior loss terms).
+The model that runs them is search_spaces/policies/halting/model.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .adaptive import Adaptive, BudgetKnob, Calibration, Count, LossTerm, ladder
-from .config import check
-from .dims import Choice, Dim, Fixed, TrialLike
-from .layers import ragged
-from .token_cost import TokenCost
-
-PONDER_AT_12 = 5e-4  # A-ViT's README alpha_p, for 12 blocks
-KNOB = "halt_eps"
-
-
-@dataclasses.dataclass(frozen=True)
-class HaltingParams:
-    """The halting score's scale and offset, and the halting threshold 1 - eps."""
-
-    gamma: float = 10.0
-    beta: float = -30.0
-    eps: float = 0.01
+from ...layers import ragged
+from .fields import HaltingParams
 
 
 @dataclasses.dataclass
@@ -219,103 +200,3 @@ class _Group:
                            self.state.c, self.state.remainder, self.state.rho))),
                        image=self.image, token=self.token.index_select(1, pos),
                        lengths=pos.new_full((1,), pos.numel()))]
-
-
-# ------------------------------------------------------------ the family's adaptive contract
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class HaltingFields:
-    """The ``halt_*`` fields of a config; they matter only when it halts. Score scale
-    ``halt_gamma`` and offset ``halt_beta``; the loss targets ``halt_target`` (target halting
-    depth as a fraction of depth; the paper's 8 of 12), ``halt_ponder`` (ponder weight
-    alpha_p; None = the paper's 5e-4 at depth 12 scaled by 12 / depth, the same pressure per
-    block) and ``halt_prior`` (weight alpha_d of the KL to the Gaussian depth prior); and the
-    inference-time knob ``halt_eps`` (a token halts once its cumulative score exceeds
-    1 - eps; raising it trades accuracy for compute without retraining)."""
-
-    halt_gamma: float = 10.0
-    halt_beta: float = -30.0
-    halt_target: float = 8 / 12
-    halt_ponder: float | None = None
-    halt_prior: float = 1e-3
-    halt_eps: float = 0.01
-
-    def _check_halting(self) -> None:
-        for name in ("halt_gamma", "halt_beta", "halt_target", "halt_prior", "halt_eps",
-                     "halt_ponder"):
-            value = getattr(self, name)
-            check(value is None and name == "halt_ponder" or isinstance(value, (int, float))
-                  and not isinstance(value, bool), f"`{name}`={value!r} must be a number")
-        check(self.halt_gamma > 0, f"`halt_gamma`={self.halt_gamma} must be > 0")
-        check(0 < self.halt_target <= 1,
-              f"`halt_target`={self.halt_target} must be in (0, 1] (a fraction of depth)")
-        check(self.halt_ponder is None or self.halt_ponder >= 0,
-              f"`halt_ponder`={self.halt_ponder} must be None or >= 0")
-        check(self.halt_prior >= 0, f"`halt_prior`={self.halt_prior} must be >= 0")
-        check(0 < self.halt_eps < 1, f"`halt_eps`={self.halt_eps} must be in (0, 1)")
-
-    def halting_params(self) -> HaltingParams:
-        return HaltingParams(gamma=self.halt_gamma, beta=self.halt_beta, eps=self.halt_eps)
-
-
-# halt_beta goes above the paper's -30 (tuned to fine-tune DeiT) for short runs from scratch;
-# halt_eps, the inference-time threshold, stays trained: budget points move it afterwards.
-DIMS: dict[str, Dim] = {
-    "halt_gamma": Choice((5.0, 10.0)),
-    "halt_beta": Choice((-30.0, -15.0, -5.0)),
-    "halt_target": Choice((0.33, 0.5, 0.67, 0.83)),
-    "halt_ponder": Choice((None, 2e-3, 1e-2)),
-    "halt_prior": Choice((0.0, 1e-3, 1e-2)),
-    KNOB: Fixed(0.01),
-}
-BUDGET_KNOBS = {KNOB: BudgetKnob(low=0.0, high=1.0, limit=0.95, description=(
-    "halting threshold eps: a token halts once its cumulative score exceeds 1 - eps"))}
-
-
-def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> dict[str, Any]:
-    """The ``halt_*`` fields of a halting candidate."""
-    return {name: dims[name].suggest(trial, name) for name in DIMS}
-
-
-def ponder_weight(ponder: float | None, depth: int) -> float:
-    """alpha_p: as given, or (None) the paper's 5e-4 at 12 blocks scaled to ``depth``."""
-    return PONDER_AT_12 * 12 / depth if ponder is None else ponder
-
-
-@dataclasses.dataclass(frozen=True)
-class HaltingCost:
-    """Cost of a halting run: the token cost of the tokens each block really ran."""
-
-    tokens: TokenCost
-
-    def full(self) -> float:
-        return self.tokens.full()
-
-    def per_image(self, aux: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.tokens.tokens_cost(aux["tokens_per_block"])
-
-    def usage(self, aux: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"tokens_kept": self.tokens.kept(aux["tokens_per_block"])}
-
-
-class Halting(Adaptive):
-    """A-ViT halting of a ``vit`` config (``depth`` and the :class:`HaltingFields`)."""
-
-    def knobs(self) -> dict[str, float]:
-        return {KNOB: self.config.halt_eps}
-
-    def operating_points(self, points: int, limits: Mapping[str, float],
-                         calibration: Calibration | None = None) -> list[dict[str, float]]:
-        """Thresholds from the trained eps (point 0) evenly up to the limit (default 0.95)."""
-        stop = limits.get(KNOB, BUDGET_KNOBS[KNOB].limit)
-        return [{KNOB: v} for v in ladder(self.config.halt_eps, stop, points)]
-
-    def cost_model(self, model: nn.Module, input_shape: Sequence[int],
-                   count: Count) -> HaltingCost:
-        return HaltingCost(TokenCost.of(model, input_shape, count))
-
-    def loss_terms(self) -> tuple[LossTerm, ...]:
-        """A-ViT: alpha_p * mean(rho) + alpha_d * KL(Gaussian(target depth) || halting)."""
-        c = self.config
-        return (LossTerm("ponder", ("rho",), ponder_weight(c.halt_ponder, c.depth)),
-                LossTerm("depth_prior", ("halt_distribution",), c.halt_prior,
-                         {"mean": c.halt_target * c.depth}))

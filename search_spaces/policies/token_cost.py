@@ -9,7 +9,11 @@ count of the full model. The count is per image and independent of the batch: pa
 batched path runs beside shorter images is not counted (it shows in measured latency).
 
 The model must have ``forward_full`` (every token through every block), ``cls_token``,
-``pos_embed`` and ``blocks``: search_spaces/vit.py's ``VisionTransformer``.
+``pos_embed`` and ``blocks``: search_spaces/vit/model.py's ``VisionTransformer``.
+
+It lives beside the policies rather than in one of them: halting's cost is this model of the
+tokens each block ran, and gating's (search_spaces/policies/gating/cost.py) builds on it for
+its fixed part and block 0, so neither policy depends on the other.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .adaptive import Count
+from ..adaptive import Count
 
 
 class _FullRun(nn.Module):

@@ -37,32 +37,20 @@ Two ways to run the same model, giving the same logits in evaluation:
 Both return the final tokens and ``aux``: the bits of each gated block, ``gate_heads``
 (B, L-1, H), ``gate_branches`` (B, L-1, 2) and ``gate_patches`` (B, L-1, N) (patch tokens
 only), each only for the kinds the model has; the losses read them (differentiable in
-training) and the cost model (search_spaces/gate_cost.py) counts from them what ran.
+training) and the cost model (search_spaces/policies/gating/cost.py) counts from them what ran.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .layers import ragged
+from ...layers import ragged
+from .fields import KINDS, GateParams
 
-KINDS = ("heads", "branches", "patches")
 GATE_BIAS = 3.0  # gates start mostly on: fine-tuning starts from the parent's computation
-
-
-@dataclasses.dataclass(frozen=True)
-class GateParams:
-    """The gate kinds a model has, the Gumbel temperature and each kind's threshold."""
-
-    kinds: tuple[str, ...] = KINDS
-    tau: float = 5.0
-    heads: float = 0.5
-    branches: float = 0.5
-    patches: float = 0.6
 
 
 class BlockGates(nn.Module):

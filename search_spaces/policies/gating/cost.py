@@ -1,4 +1,5 @@
-"""MACs per image of a gated ViT (search_spaces/gates.py), from the bits it really used.
+"""MACs per image of a gated ViT (search_spaces/policies/gating/gates.py), from the bits it
+really used.
 
 The injected counter (fvcore) counts, per block, the attention's LayerNorm at 1 token, the
 attention at 1 and 2 tokens (``A1 n + A2 n^2`` with every head; each head is an equal share,
@@ -22,8 +23,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from .adaptive import Count
-from .token_cost import TokenCost
+from ...adaptive import Count
+from ..token_cost import TokenCost
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,103 @@
+"""The ``vit`` family's config: one isotropic ViT, its token policy and that policy's fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from .. import policies
+from ..config import Config, check, check_int
+from ..layers.attention import ATTENTION_KINDS
+from ..policies import TokenPolicy
+
+STATIC = "static"  # the token_policy of a model without one
+TOKEN_POLICIES = (STATIC, *policies.names())
+_INT_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "sandwich")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ViTConfig(Config, *policies.field_mixins()):
+    """One isotropic ViT. ``qk_dim``/``v_dim`` are per head; None means embed_dim // num_heads.
+    ``num_heads`` must divide ``embed_dim`` unless attn="mhsa" gives both widths explicitly
+    (e.g. a head-pruned model, trainers/pruning.py).
+
+    ``attn="cga"`` uses the input split embed_dim // num_heads as its value width, so v_dim
+    must then be None or equal to it. ``sandwich=k`` puts k extra (LayerNorm + MLP) residual
+    sub-blocks before the attention of every block (0 = the standard ViT block); each block
+    then has one attention and k + 1 FFNs.
+
+    ``token_policy``: "static" (every token passes every block) or the name of a token policy
+    (search_spaces/policies/): "halting" (A-ViT, with the ``halt_*`` fields), "gating"
+    (AdaViT, with the ``gate_*`` fields; needs depth >= 2) or "cascade" (DVT, with the
+    ``cascade_*`` fields). Every policy's fields are fields of every config (a mixin each,
+    from the registry); they matter, and count in :meth:`key`, only for the config's own
+    policy.
+    """
+
+    KIND: ClassVar[str] = "vit"
+
+    img_size: int = 224
+    patch_size: int = 16
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    qk_dim: int | None = None
+    v_dim: int | None = None
+    mlp_ratio: float = 4.0
+    attn: str = "mhsa"
+    sandwich: int = 0
+    token_policy: str = "static"
+
+    def __post_init__(self) -> None:
+        for name in _INT_FIELDS:
+            check_int(name, getattr(self, name), 0 if name == "sandwich" else 1)
+        for name in ("qk_dim", "v_dim"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name), 1)
+        check(isinstance(self.mlp_ratio, (int, float)) and not isinstance(self.mlp_ratio, bool)
+              and self.mlp_ratio > 0, f"`mlp_ratio`={self.mlp_ratio!r} must be a number > 0")
+        self._check_relations()
+        for policy in policies.POLICIES.values():  # every config has every policy's fields
+            policy.check_fields(self)
+        own = self.policy()
+        if own is not None and own.check_config is not None:
+            own.check_config(self)
+
+    def policy(self) -> TokenPolicy | None:
+        """The config's token policy (search_spaces/policies/), None for a static one."""
+        return None if self.token_policy == STATIC else policies.get(self.token_policy)
+
+    def key_fields(self) -> tuple[str, ...]:
+        """The base architecture's fields, ``token_policy`` and the fields of the config's own
+        policy: other policies' fields do not change its model, nor its key (so adding a
+        policy changes no config's key)."""
+        others = policies.field_names()
+        own = set() if self.policy() is None else set(self.policy().field_names())
+        return tuple(f.name for f in dataclasses.fields(self)
+                     if f.name not in others or f.name in own)
+
+    def _check_relations(self) -> None:
+        check(self.img_size % self.patch_size == 0,
+              f"`patch_size`={self.patch_size} must divide `img_size`={self.img_size}")
+        # explicit per-head widths free MHSA from the split (head-pruned models need that)
+        free = self.attn == "mhsa" and self.qk_dim is not None and self.v_dim is not None
+        check(free or self.embed_dim % self.num_heads == 0,
+              f"`num_heads`={self.num_heads} must divide `embed_dim`={self.embed_dim} "
+              "(unless attn='mhsa' with explicit qk_dim and v_dim)")
+        check(int(self.embed_dim * self.mlp_ratio) >= 1,
+              f"`mlp_ratio`={self.mlp_ratio} times `embed_dim`={self.embed_dim} must be >= 1")
+        check(self.attn in ATTENTION_KINDS,
+              f"`attn`={self.attn!r} is not known; allowed: {list(ATTENTION_KINDS)}")
+        split = self.embed_dim // self.num_heads
+        check(self.attn != "cga" or self.v_dim in (None, split),
+              f"`v_dim`={self.v_dim} must be None or `embed_dim` // `num_heads`={split} "
+              f"when `attn`='cga' (each head's output is added to the next head's input)")
+        check(self.token_policy in TOKEN_POLICIES,
+              f"`token_policy`={self.token_policy!r} is not known; allowed: "
+              f"{list(TOKEN_POLICIES)}")
+
+
+PRESETS: dict[str, ViTConfig] = {
+    "deit_tiny": ViTConfig(embed_dim=192, depth=12, num_heads=3),
+    "deit_small": ViTConfig(embed_dim=384, depth=12, num_heads=6),
+}
