@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 
 from ..config import Config, ConfigError, check, check_int
 from ..dims import Choice, Dim, Fixed, IntRange, TrialLike
+from ..layers.conv import PatchMerging  # noqa: F401  (the family's public names)
 from ..registry import SearchSpace, register
 from .model import (  # noqa: F401  (the family's public names)
     EfficientViT,
