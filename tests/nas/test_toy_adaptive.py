@@ -15,6 +15,8 @@ import toy_family
 import yaml
 
 import nas
+from nas import spec as specs
+from nas.guidance import trial_proposals
 from nas.results import load_results
 from trainers.budget import evaluate_point
 from trainers.data import load_data
@@ -28,7 +30,7 @@ SPEC = {
     "space": {"name": "toy-exit"}, "data": DATA,
     "train": {"epochs": 2, "batch_size": 50, "lr": 0.01, "warmup_epochs": 0},
     "objectives": ["accuracy:max", "macs:min"], "sampler": {"name": "random", "seed": 0},
-    "trials": 3, "concurrent_trials": 1, "importance": {"batches": 0},
+    "trials": 3, "concurrent_trials": 1,
     "budget": {"points": POINTS},
     "latency": {"batch_size": 8, "repeats": 3, "rounds": 1, "warmup": 1},
 }
@@ -105,3 +107,25 @@ def test_pareto_show_and_export_of_a_toy_point(toy_study, run_nas, export_point,
     assert again["accuracy"] == pytest.approx(row["accuracy"])
     assert again["macs"] == pytest.approx(row["macs"])
     assert again["exited_share"] == pytest.approx(row["exited_share"])
+
+
+@pytest.mark.slow
+def test_the_toy_family_runs_importance_guidance_and_prune_by_default(toy_study, run_nas,
+                                                                      tmp_path):
+    study, _ = toy_study
+    frame = load_results(study)
+    assert frame["imp_ffn_keep90_s0"].between(0, 1).all()  # its structure was scored
+    report = run_nas("importance", str(study), "--trial", "0", cwd=tmp_path)
+    assert report.returncode == 0 and "ffn" in report.stdout, report.stderr
+    spec = specs.load(study / "spec.yaml")
+    row = frame[frame["point"] == 0].iloc[0].to_dict()
+    for _, config, origin in trial_proposals(row, spec):  # narrower where scores say so
+        assert config.hidden < 32 and origin.endswith(":ffn")
+    out = tmp_path / "pruned"
+    proc = run_nas("prune", str(study), "--trial", "0", "--keep", "0.5", "--out", str(out),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exported = json.loads((out / "config.json").read_text())
+    trained = json.loads(row["config"])
+    assert exported["config"]["hidden"] == trained["hidden"] // 2
+    nas.load_exported(out)  # builds the smaller model and reproduces its probe

@@ -25,6 +25,7 @@ from search_spaces.config import Config, check
 from search_spaces.dims import Choice, Dim, Fixed, TrialLike
 from search_spaces.output import ModelOutput
 from search_spaces.registry import SearchSpace, get, names, register
+from search_spaces.structure import Groups, Knob, Part, Structure, kept_count, linear, rows
 from trainers.losses import TERMS, register_term
 
 NAME = "toy-exit"
@@ -102,6 +103,25 @@ class ToyExit(Adaptive):
         return (LossTerm("toy_exit_ce", ("exit1_logits", "labels"), self.config.exit_weight),)
 
 
+class ToyStructure(Structure):
+    """Hidden channel c of each stage: its Linear's row c and the columns c that read it."""
+
+    models, components, guidance = (ToyExitNet,), ("ffn",), (Knob("ffn", "hidden"),)
+
+    @classmethod
+    def groups(cls, model: ToyExitNet) -> dict[str, Groups]:
+        ids = torch.arange(model.head1.in_features)
+        readers = {"stage1.1": ("head1", "stage2.0"), "stage2.0": ("head2",)}
+        return {f"{layer}.hidden": Groups(len(ids), (*rows(linear(layer), ids), *(
+            Part(f"{r}.weight", 1, ids) for r in readers[layer]))) for layer in readers}
+
+    def pruned(self, ratios: Mapping[str, float]) -> ToyConfig:
+        return self.config.replace(hidden=kept_count(self.config.hidden, ratios.get("ffn", 1)))
+
+    def kept(self, new: ToyConfig, name: str, group: Groups, state: Any) -> int:
+        return new.hidden
+
+
 def exit_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *,
                        weight: float) -> torch.Tensor:
     return weight * F.cross_entropy(logits.float(), labels)
@@ -127,7 +147,7 @@ if NAME not in names():
     register(SearchSpace(
         name=NAME, config_cls=ToyConfig, presets={"small": ToyConfig()}, dims=DIMS,
         suggest_fn=suggest,
-        build_fn=build, params_fn=params, adaptive_fn=ToyExit,
+        build_fn=build, params_fn=params, adaptive_fn=ToyExit, structure_cls=ToyStructure,
         budget_knobs={KNOB: BudgetKnob(low=0.0, high=1.0, limit=LIMIT)},
         description="test-only two-stage MLP with an early exit"))
 if "toy_exit_ce" not in TERMS:
