@@ -86,3 +86,39 @@ def test_generic_code_never_names_an_adaptive_family():
             for number, line in enumerate(path.read_text().splitlines(), start=1):
                 found = pattern.search(line)
                 assert not found, f"{path.relative_to(ROOT)}:{number} names {found.group(0)!r}"
+
+
+def _family_class_names() -> set[str]:
+    """The classes a family owns: its config, its models and its structure (and those of the
+    token policies, which build models of their own)."""
+    import search_spaces
+    from search_spaces import policies
+
+    names: set[str] = set()
+    for name in search_spaces.names():
+        space = search_spaces.get(name)
+        names |= {space.config_cls.__name__, space.structure_cls.__name__}
+        names |= {m.__name__ for m in space.structure_cls.models}
+    vit = search_spaces.get("vit")
+    for name in policies.names():
+        policy = policies.get(name)
+        config = vit.config_cls(img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=2,
+                                token_policy=name)
+        model = vit.build(config, num_classes=3, in_chans=1)
+        names |= {policy.fields.__name__, policy.adaptive.__name__, type(model).__name__}
+    return names
+
+
+def test_generic_code_never_names_a_family_class():
+    """nas/ and trainers/ ask the space (structure and adaptive contracts) and never name a
+    family's config, model or structure class in code (docstrings and comments may)."""
+    import io
+    import tokenize
+
+    banned = _family_class_names()
+    assert {"ViTConfig", "VisionTransformer", "EfficientViT", "CascadeViT"} <= banned
+    for pkg in ("nas", "trainers"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+            named = {t.string for t in tokens if t.type == tokenize.NAME} & banned
+            assert not named, (path, sorted(named))
