@@ -4,7 +4,7 @@ then prints a table and writes results/benchmarks/default_search.md.
 
     .ci/in-env python benchmarks/default_search.py [--runs 2]
 
-The latency gate (nas/gate.py) should make the same candidate's latency agree across runs,
+The latency gate (nas/measure_lock.py) should make the same candidate's latency agree across runs,
 although other trials train beside it: the table reports, for candidates that two runs both
 drew (same config key), the relative difference of their latency medians.
 """

@@ -2,7 +2,7 @@
 
 One candidate's latency (batch 16, one thread) is measured `--repeats` times in three
 settings: the machine idle; while another process trains a model (no gate); and while that
-process trains through the measurement gate (nas/gate.py), as search trials do. Prints the
+process trains through the measurement gate (nas/measure_lock.py), as search trials do. Prints the
 median and the spread of those repeated measurements, writes results/benchmarks/latency_gate.md.
 
     .ci/in-env python benchmarks/latency_gate.py [--repeats 8]
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import header, write_table  # noqa: E402
 
 import search_spaces  # noqa: E402
-from nas.gate import MeasurementGate  # noqa: E402
+from nas.measure_lock import MeasurementLock  # noqa: E402
 from trainers.measure import measure_latency  # noqa: E402
 
 SHAPE = (1, 28, 28)
@@ -43,7 +43,7 @@ def trainer(lock_dir: str | None, stop: mp.Event, threads: int) -> None:
     """Trains a candidate on random data until told to stop, like a trial."""
     torch.set_num_threads(threads)
     model = candidate()
-    gate = MeasurementGate(lock_dir=Path(lock_dir)) if lock_dir else None
+    gate = MeasurementLock(lock_dir=Path(lock_dir)) if lock_dir else None
     opt = torch.optim.AdamW(model.parameters())
     x, y = torch.randn(64, *SHAPE), torch.randint(0, 10, (64,))
     while not stop.is_set():
@@ -60,7 +60,7 @@ def _step(model, opt, x, y) -> None:
     opt.step()
 
 
-def measure(model: torch.nn.Module, repeats: int, gate: MeasurementGate | None) -> list[float]:
+def measure(model: torch.nn.Module, repeats: int, gate: MeasurementLock | None) -> list[float]:
     out = []
     for _ in range(repeats):
         with gate.measurement() if gate else contextlib.nullcontext():
@@ -79,7 +79,7 @@ def setting(model, repeats: int, busy: int, gated: bool) -> list[float]:
     proc.start()
     time.sleep(5)  # the trainer is importing and warming up
     try:
-        return measure(model, repeats, MeasurementGate(lock_dir=Path(lock_dir)) if gated else None)
+        return measure(model, repeats, MeasurementLock(lock_dir=Path(lock_dir)) if gated else None)
     finally:
         stop.set()
         proc.join()

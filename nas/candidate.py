@@ -33,7 +33,7 @@ from trainers.budget import budget_points, cost_model, operating_points
 from trainers.importance import save_scores, summarize, taylor_importance
 from trainers.measure import Latency, count_macs, count_params, measure_latency
 
-from .gate import MeasurementGate
+from .measure_lock import MeasurementLock
 from .results import IMPORTANCE, RESUME_ONLY
 from .spec import COSTS, STATIC_COSTS, SearchSpec
 
@@ -48,7 +48,7 @@ class GatedData:
     """The candidate's data, each training and validation step held inside the gate, so
     another trial's latency measurement never runs beside this trial's work."""
 
-    def __init__(self, data: Any, gate: MeasurementGate, device: str) -> None:
+    def __init__(self, data: Any, gate: MeasurementLock, device: str) -> None:
         self._data, self._gate, self._cuda = data, gate, device.startswith("cuda")
 
     def __getattr__(self, name: str) -> Any:
@@ -72,7 +72,7 @@ class GatedData:
 
 
 def timed(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
-          gate: MeasurementGate, images: torch.Tensor | None = None) -> Latency:
+          gate: MeasurementLock, images: torch.Tensor | None = None) -> Latency:
     """The spec's latency measurement of ``model``, on an otherwise idle device: in eager
     PyTorch, or (``latency.runtime: onnxruntime``) as its ONNX graph in ONNX Runtime
     (exported in memory; OnnxError if it cannot be, or computes other logits). Adaptive
@@ -110,7 +110,7 @@ class LocalTimer:
     """The default :data:`Timer`: measured here, in this process, through the gate.
     ``node``: the Ray node this process runs on (None outside Ray)."""
 
-    def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], gate: MeasurementGate,
+    def __init__(self, spec: SearchSpec, input_shape: tuple[int, ...], gate: MeasurementLock,
                  node: str | None = None) -> None:
         self.spec, self.input_shape, self.gate, self.node = spec, input_shape, gate, node
 
@@ -121,7 +121,7 @@ class LocalTimer:
 
 
 def candidate_cost(spec: SearchSpec, config: Config, model: torch.nn.Module,
-                   input_shape: tuple[int, ...], gate: MeasurementGate) -> CostModel:
+                   input_shape: tuple[int, ...], gate: MeasurementLock) -> CostModel:
     """An adaptive model's cost model (it depends on the architecture only: counted once
     per trial, before training)."""
     with gate.training_step():  # tracing for MACs is work like training: keep it apart
@@ -129,7 +129,7 @@ def candidate_cost(spec: SearchSpec, config: Config, model: torch.nn.Module,
 
 
 def measure_costs(model: torch.nn.Module, spec: SearchSpec, input_shape: tuple[int, ...],
-                  gate: MeasurementGate, *, config: Config, cost: CostModel | None = None,
+                  gate: MeasurementLock, *, config: Config, cost: CostModel | None = None,
                   timer: Timer | None = None) -> dict[str, Any]:
     """Params, MACs and latency of ``model`` (built from ``config``; timed by ``timer``,
     default :class:`LocalTimer`). An adaptive model (given with its ``cost``) gets params
@@ -154,7 +154,7 @@ def broken_cost_constraints(spec: SearchSpec, costs: dict[str, Any], *,
 
 
 def budget_report(config: Config, adaptive: Adaptive, model: torch.nn.Module, data: Any,
-                  gated: Any, spec: SearchSpec, gate: MeasurementGate, cost: CostModel,
+                  gated: Any, spec: SearchSpec, gate: MeasurementLock, cost: CostModel,
                   points: int | None = None, timer: Timer | None = None) -> dict[str, Any]:
     """Point 0's accuracy, costs and knob values (``knobs``, JSON), and every one of the
     ``points`` (default ``budget.points``) operating points as JSON under ``points``; each

@@ -1,7 +1,7 @@
 """``latency.node_resource``: every latency of a study measured on one target device.
 
 By default each trial measures its own candidate, through the machine-wide gate
-(nas/gate.py), on whatever node it landed on: on a cluster of mixed nodes, or when the
+(nas/measure_lock.py), on whatever node it landed on: on a cluster of mixed nodes, or when the
 deployment target is not a training node, the latencies of one study do not compare. With
 ``latency.node_resource: NAME`` the driver starts one long-lived Ray actor,
 :class:`LatencyTarget`, on a node offering the custom resource NAME (``ray start
@@ -36,7 +36,7 @@ from search_spaces.config import Config
 from trainers.measure import Latency
 
 from .candidate import placed, timed
-from .gate import MeasurementGate, gate_name
+from .measure_lock import MeasurementLock, lock_name
 from .plugins import load_plugins
 from .sections import SpecError
 from .spec import SearchSpec
@@ -80,7 +80,7 @@ class LatencyTarget:
         self.cache = {e["key"]: e for e in self.entries}
         self.where = {"host": socket.gethostname(),
                       "node": ray.get_runtime_context().get_node_id()}
-        self.gate = MeasurementGate(gate_name(spec.latency.device))
+        self.gate = MeasurementLock(lock_name(spec.latency.device))
 
     @ray.method(concurrency_group="ask")
     def place(self) -> dict[str, Any]:

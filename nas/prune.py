@@ -61,8 +61,8 @@ from .export import (
     trial_folder,
     write_export,
 )
-from .gate import MeasurementGate, gate_name
 from .importance_report import front_trials, trial_scores
+from .measure_lock import MeasurementLock, lock_name
 from .results import (
     SPEC,
     TRIALS,
@@ -164,7 +164,7 @@ def measure_variant(config: Config, model: nn.Module, data: Data, spec: SearchSp
     shape = data.input_shape
     adaptive = search_spaces.get(spec.space.name).adaptive(config)
     model.cpu().eval()
-    with MeasurementGate(gate_name(spec.latency.device)) as gate:
+    with MeasurementLock(lock_name(spec.latency.device)) as gate:
         cost = candidate_cost(spec, config, model, shape, gate) if adaptive else None
         costs = measure_costs(model, spec, shape, gate, config=config, cost=cost)
         gated = GatedData(data, gate, device)

@@ -53,14 +53,14 @@ from .candidate import (
     save_checkpoint,
     trial_device,
 )
-from .gate import MeasurementGate, gate_name
 from .latency_target import RemoteTimer
+from .measure_lock import MeasurementLock, lock_name
 from .plugins import load_plugins
 from .spec import SearchSpec
 
 
 def latency_timer(spec: SearchSpec, input_shape: tuple[int, ...],
-                  gate: MeasurementGate) -> Timer:
+                  gate: MeasurementLock) -> Timer:
     """Who measures this trial's latencies: the study's latency target
     (``latency.node_resource``), or this trial through the gate, naming its Ray node."""
     if spec.latency.node_resource:
@@ -135,7 +135,7 @@ def train_candidate(config: dict[str, Any], spec: SearchSpec,
     data = load_data(spec.data.replace(device=device))
     shape = data.input_shape
     resume = resume_point(config)
-    with MeasurementGate(gate_name(spec.latency.device)) as gate:
+    with MeasurementLock(lock_name(spec.latency.device)) as gate:
         with gate.training_step():  # building is work too: not beside a measurement
             torch.manual_seed(spec.train.seed)
             model = space.build(candidate, num_classes=data.num_classes,

@@ -1,8 +1,8 @@
-"""A machine-wide gate that keeps latency measurements free of training noise.
+"""A machine-wide measurement lock that keeps latency measurements free of training noise.
 
 Trials that train side by side on one machine share its cores, caches and memory bandwidth
 (and, with fractional GPUs, a GPU): a latency measured while another trial trains is wrong
-(and varies run to run). The gate is a pair of ``flock`` locks in the machine's temp folder,
+(and varies run to run). The lock is a pair of ``flock`` locks in the machine's temp folder,
 shared by every search process on it, one pair per measured device ("cpu", or one per GPU):
 
 - a training step holds ``busy`` shared (many trainers at once);
@@ -11,7 +11,7 @@ shared by every search process on it, one pair per measured device ("cpu", or on
   device and releases both.
 
 The ``intent`` lock makes waiting measurements win over a stream of steps (no starvation).
-Locks die with their process (and with :meth:`MeasurementGate.close`), so a crashed trial
+Locks die with their process (and with :meth:`MeasurementLock.close`), so a crashed trial
 never leaves the machine locked.
 """
 
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def gate_name(device: str) -> str:
+def lock_name(device: str) -> str:
     """``"cpu"``, or the GPU a CUDA measurement runs on (as this process sees it)."""
     if device == "cpu":
         return "cpu"
@@ -48,13 +48,13 @@ def _open_shared(path: Path) -> int:
     return fd
 
 
-class MeasurementGate:
+class MeasurementLock:
     def __init__(self, name: str = "cpu", lock_dir: Path | None = None) -> None:
         folder = lock_dir or _lock_dir(name)
         self._intent = _open_shared(folder / "intent")
         self._busy = _open_shared(folder / "busy")
 
-    def __enter__(self) -> MeasurementGate:
+    def __enter__(self) -> MeasurementLock:
         return self
 
     def __exit__(self, *exc: object) -> None:

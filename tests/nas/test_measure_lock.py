@@ -8,11 +8,11 @@ import queue
 import time
 from pathlib import Path
 
-from nas.gate import MeasurementGate
+from nas.measure_lock import MeasurementLock
 
 
 def _trainer(lock_dir: str, log: mp.Queue, stop: mp.Event) -> None:
-    gate = MeasurementGate(lock_dir=Path(lock_dir))
+    gate = MeasurementLock(lock_dir=Path(lock_dir))
     while not stop.is_set():
         with gate.training_step():
             log.put(("step-start", time.monotonic()))
@@ -26,7 +26,7 @@ def test_measurement_never_overlaps_a_training_step(tmp_path):
     trainers = [ctx.Process(target=_trainer, args=(str(tmp_path), log, stop)) for _ in range(2)]
     for p in trainers:
         p.start()
-    gate = MeasurementGate(lock_dir=tmp_path)
+    gate = MeasurementLock(lock_dir=tmp_path)
     windows, events = [], [log.get(timeout=30) for _ in range(6)]  # trainers are stepping
     for _ in range(3):
         with gate.measurement():
