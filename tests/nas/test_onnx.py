@@ -1,4 +1,4 @@
-"""`nas export --format onnx` of a trial, the README's plain-onnxruntime example, refusals,
+"""`nas export --format onnx` of a trial, the docs' plain-onnxruntime example, refusals,
 and a search whose latency is measured in ONNX Runtime."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _readme_example() -> str:
-    text = (ROOT / "README.md").read_text()
+def _docs_example() -> str:
+    text = (ROOT / "docs" / "usage.md").read_text()
     block = re.search(r"<!-- onnxruntime example -->\s*```python\n(.*?)```", text, re.S)
-    assert block, "the README lost its onnxruntime example"
+    assert block, "docs/usage.md lost its onnxruntime example"
     return block.group(1)
 
 
@@ -36,7 +36,7 @@ def test_export_onnx_reloads_in_plain_onnxruntime(tiny_study, run_nas, tmp_path)
     assert config["onnx"]["max_abs_diff"] <= 1e-4 and config["onnx"]["input"] == "images"
     model = nas.load_exported(out)  # the PyTorch path is unchanged
     namespace = {"EXPORT": str(out)}
-    exec(_readme_example(), namespace)  # the README's snippet, as a user runs it
+    exec(_docs_example(), namespace)  # the docs' snippet, as a user runs it
     x = namespace["x"]
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
