@@ -3,28 +3,37 @@
 An adaptive model spends less on easy inputs (A-ViT halting, AdaViT gates, DVT cascades).
 Generic code (nas/, trainers/) never names a family, a knob or an aux key: it asks the space
 for the :class:`Adaptive` of a config (``SearchSpace.adaptive(config)``, None for a static
-one) and uses only this interface:
+one) and uses only this interface. What a model is made of (its importance groups, what
+prunes, the logits it answers with) is the other contract, search_spaces/structure.py.
 
-- ``knobs()``: the inference-time budget knobs (config fields) and their trained values;
-  :class:`BudgetKnob` (``SearchSpace.budget_knobs``) says each knob's domain and the far end
-  of its default ladder, so a spec can move that end (``budget.limits``).
-- ``operating_points(points, limits, calibration)``: K knob settings for a trained model,
-  point 0 the trained one. A ladder, or values fitted on held-out model outputs
-  (``calibration`` yields them; a ladder ignores it). An operating point is just the config
-  with other knob values (``with_knobs``): exporting one writes a plain config.
-- ``calibration_knobs()``: the knob values at which the model's outputs on held-out
-  calibration images let the family fit its points (None, the default: it needs none, and
-  no calibration images are run). The caller builds the model at those values and passes
-  ``calibration``: a callable yielding (model output, labels) of those images, in eval mode.
-- ``cost_model(model, input_shape, count)``: turns what the model reports about a run (its
-  ``ModelOutput.aux``) into MACs executed per image; ``count(module, shape)`` is the MACs
-  counter (fvcore) the caller injects, so this package needs none.
-- ``loss_terms()``: the auxiliary loss terms, by the name of a pure loss function of
-  trainers/losses.py, the aux tensors it reads and its weight.
-- ``added_parameters``: name patterns of the parameters the adaptive part adds to its base
-  architecture (gates, reuse modules): they start fresh when a candidate is warm-started
-  from trained weights of that base, unless ``inherited(weights)`` derives their starting
-  values from the base's weights (an earlier cascade stage begins as a copy of the parent).
+Three facts only the family can know, so three methods have no default:
+
+- ``knobs()``: which config fields are inference-time budget knobs, and their trained
+  values (the caller cannot tell a threshold from a width). :class:`BudgetKnob`
+  (``SearchSpace.budget_knobs``) says each knob's domain and the far end of its default
+  ladder, so a spec can move that end (``budget.limits``; a ``fitted`` knob has none).
+- ``operating_points(points, limits, calibration)``: how to spend less: K knob settings for
+  a trained model, point 0 the trained one. A ladder, or values fitted on held-out model
+  outputs (``calibration`` yields them; a ladder ignores it). An operating point is just the
+  config with other knob values (``with_knobs``, a helper): exporting one writes a plain
+  config. ``calibration_knobs()`` belongs to it: the knob values at which those held-out
+  outputs are taken (None, the default: a ladder, no calibration images are run).
+- ``cost_model(model, input_shape, count)``: what a run cost, since only the family knows
+  what its ``ModelOutput.aux`` says was skipped: MACs executed per image. ``count(module,
+  shape)`` is the MACs counter (fvcore) the caller injects, so this package needs none.
+
+Two with a default that is right for most (what a static model would do):
+
+- ``loss_terms()``: the auxiliary losses that teach the model to skip (by the name of a pure
+  loss function of trainers/losses.py, the aux tensors it reads and its weight; default none).
+- Warm start: ``added_parameters`` (name patterns of what the adaptive part adds to its base
+  architecture: gates, reuse modules) start fresh when a candidate is warm-started from its
+  base's weights, unless ``inherited(weights)`` derives their starting values from them (an
+  earlier cascade stage begins as a copy of the parent); default: nothing added.
+  ``is_added`` is the helper that reads the patterns.
+
+Reviewed as a whole when the structure contract came: ``answers`` and ``unprunable`` were
+structural facts and moved there; calibration stays a part of the operating points.
 """
 
 from __future__ import annotations
