@@ -1,4 +1,8 @@
-"""The picture of a front: every completed trial, the front as a staircase, the knee marked."""
+"""The picture of a front: every completed trial, the front as a staircase, the knee marked.
+
+Rows of a static model and budget points of an adaptive one (a row whose ``knobs`` are not
+empty) are drawn apart (circles and triangles), so one picture shows which kind the front
+holds."""
 
 from __future__ import annotations
 
@@ -27,10 +31,19 @@ def plot_front(frame: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[st
     y, x = objs[0].metric, objs[1].metric
     done = frame[frame["status"] == "complete"] if "status" in frame else frame
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    ax.scatter(done[x], done[y], s=22, color="0.7", label="trials")
+    adaptive = _adaptive(done)
+    mixed = bool(adaptive.any())
+    for rows, marker, label in ((done[~adaptive], "o", "static trials" if mixed else "trials"),
+                                (done[adaptive], "^", "adaptive budget points")):
+        if len(rows):
+            ax.scatter(rows[x], rows[y], s=22, color="0.7", marker=marker, label=label)
     steps = front.sort_values(x)
     ax.step(steps[x], steps[y], where="post", color="tab:blue", lw=1.2)
-    ax.scatter(steps[x], steps[y], s=40, color="tab:blue", label="Pareto front", zorder=3)
+    on = _adaptive(steps)
+    for rows, marker in ((steps[~on], "o"), (steps[on], "^")):
+        if len(rows):
+            ax.scatter(rows[x], rows[y], s=40, color="tab:blue", marker=marker, zorder=3,
+                       label="Pareto front" if marker == "o" or not (~on).any() else None)
     for _, row in steps.iterrows():
         ax.annotate(str(int(row["trial"])), (row[x], row[y]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
@@ -50,3 +63,10 @@ def plot_front(frame: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[st
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _adaptive(frame: pd.DataFrame) -> pd.Series:
+    """Whether each row is a budget point of an adaptive model (its ``knobs`` not empty)."""
+    if "knobs" not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame["knobs"].map(lambda k: isinstance(k, str) and k not in ("", "{}"))
