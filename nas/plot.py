@@ -40,10 +40,12 @@ def plot_front(frame: pd.DataFrame, front: pd.DataFrame, objectives: Sequence[st
     steps = front.sort_values(x)
     ax.step(steps[x], steps[y], where="post", color="tab:blue", lw=1.2)
     on = _adaptive(steps)
+    label = "Pareto front"  # once, on whichever kind is drawn first
     for rows, marker in ((steps[~on], "o"), (steps[on], "^")):
         if len(rows):
             ax.scatter(rows[x], rows[y], s=40, color="tab:blue", marker=marker, zorder=3,
-                       label="Pareto front" if marker == "o" or not (~on).any() else None)
+                       label=label)
+            label = None
     for _, row in steps.iterrows():
         ax.annotate(str(int(row["trial"])), (row[x], row[y]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)

@@ -38,6 +38,17 @@ def test_no_pickle_or_unsafe_loading():
             assert not re.search(r"^\s*import pickle|yaml\.load\(|torch\.load\(", text, re.M), path
 
 
+def _policy_models():
+    """(token policy, a small ViT of that policy) for every policy of the vit family."""
+    import search_spaces
+
+    vit = search_spaces.get("vit")
+    for policy in vit.dims["token_policy"].values():
+        config = vit.config_cls(img_size=16, patch_size=4, embed_dim=48, depth=2,
+                                num_heads=2, token_policy=policy)
+        yield policy, vit.build(config, num_classes=3, in_chans=1)
+
+
 def _adaptive_words() -> set[str]:
     """What generic code must never name: every registered family's budget knobs, its
     adaptive (non-architecture) dimensions, their string choices (policies) and the aux keys
@@ -61,11 +72,7 @@ def _adaptive_words() -> set[str]:
             strings = {v for v in dim.values() if isinstance(v, str) and v != "static"}
             if not any("+" in v for v in strings):  # a set-valued dim ("heads+patches")
                 words |= strings  # names parts every ViT has: only its own name is banned
-    vit = search_spaces.get("vit")  # aux keys: one small model of each token policy
-    for policy in vit.dims["token_policy"].values():
-        config = vit.config_cls(img_size=16, patch_size=4, embed_dim=48, depth=2,
-                                num_heads=2, token_policy=policy)
-        model = vit.build(config, num_classes=3, in_chans=1)
+    for _, model in _policy_models():  # aux keys: one small model of each token policy
         for mode in (True, False):
             out = model.train(mode)(torch.randn(2, 1, 16, 16))
             if isinstance(out, ModelOutput):
@@ -99,13 +106,11 @@ def _family_class_names() -> set[str]:
         space = search_spaces.get(name)
         names |= {space.config_cls.__name__, space.structure_cls.__name__}
         names |= {m.__name__ for m in space.structure_cls.models}
-    vit = search_spaces.get("vit")
-    for name in policies.names():
-        policy = policies.get(name)
-        config = vit.config_cls(img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=2,
-                                token_policy=name)
-        model = vit.build(config, num_classes=3, in_chans=1)
-        names |= {policy.fields.__name__, policy.adaptive.__name__, type(model).__name__}
+    for name, model in _policy_models():
+        names.add(type(model).__name__)
+        if name in policies.names():  # "static" is no policy
+            policy = policies.get(name)
+            names |= {policy.fields.__name__, policy.adaptive.__name__}
     return names
 
 

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import policies
 from ..config import Config
 from ..layers.attention import MultiHeadAttention
 from ..layers.attention import TokenGroupAttention as TokenCGA
@@ -99,17 +98,13 @@ class ViTStructure(Structure):
 
     def unprunable(self) -> dict[str, str]:
         whole = dict(CGA_WHOLE) if self.config.attn != "mhsa" else {}
-        policy = self._policy()
+        policy = self.config.policy()
         if policy is not None and policy.unprunable is not None:
             whole.update(policy.unprunable(self.config))
         return whole
 
-    def _policy(self) -> policies.TokenPolicy | None:
-        name = self.config.token_policy
-        return policies.get(name) if name in policies.names() else None
-
     def answers(self, output: Any) -> list[torch.Tensor]:
-        policy = self._policy()
+        policy = self.config.policy()
         if policy is not None and policy.answers is not None:
             return policy.answers(output)
         return super().answers(output)
