@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,6 +35,8 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import SAMPLE, header, interleaved, write_table  # noqa: E402
+from parents import progress  # noqa: E402
+from parents import train_parent as train_parents  # noqa: E402
 
 import search_spaces  # noqa: E402  (imports search_spaces._compat first)
 from search_spaces.policies.gating import TARGETS  # noqa: E402
@@ -68,36 +69,9 @@ PARENT_TRAIN = FitSettings(epochs=10, batch_size=128, lr=2e-3, warmup_epochs=1,
                            clip_grad=5.0, label_smoothing=0.1)
 
 
-def progress(tag: str):
-    start = time.perf_counter()
-
-    def report(metrics: dict) -> None:
-        print(f"{tag} epoch {metrics['epoch']}: train_loss={metrics['train_loss']:.4f} "
-              f"val_acc={metrics['accuracy']:.4f} ({time.perf_counter() - start:.0f}s)",
-              flush=True)
-
-    return report
-
-
 def train_parent(data: Data) -> None:
     """Train the static parent and write it as an export folder."""
-    from nas.export import write_export  # starts no Ray
-
-    fam = search_spaces.get("vit")
-    torch.manual_seed(0)
-    model = fam.build(PARENT, num_classes=data.num_classes, in_chans=data.in_chans)
-    result = fit(model, data, PARENT_TRAIN, report=progress("parent"))
-    val = evaluate(model, data.val_batches(256))
-    inputs = {"img_size": data.img_size, "in_chans": data.in_chans, "mean": list(data.mean),
-              "std": list(data.std), "num_classes": data.num_classes,
-              "class_names": list(data.class_names), "dataset": "fashion-mnist"}
-    metrics = {"accuracy": val["accuracy"], "val_loss": val["loss"],
-               "train_time_s": result.train_time_s, "history": result.history}
-    write_export(PARENT_DIR, model.eval(), space="vit", candidate=PARENT.to_dict(),
-                 inputs=inputs, source={"benchmark": "adaptive", "role": "parent"},
-                 metrics=metrics)
-    print(f"parent: val accuracy {val['accuracy']:.4f} in {result.train_time_s:.0f}s -> "
-          f"{PARENT_DIR}", flush=True)
+    train_parents(PARENT, PARENT_DIR, data, PARENT_TRAIN, benchmark="adaptive")
 
 
 FINETUNE = FitSettings(epochs=3, batch_size=128, lr=5e-4, warmup_epochs=0.2, clip_grad=5.0,

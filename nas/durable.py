@@ -105,7 +105,7 @@ def _rows_from_study(spec: SearchSpec, study_dir: Path, trial: FrozenTrial,
                                   "infeasible" if attrs.get("infeasible") else "complete")
     candidate = json.loads(attrs["candidate"])
     checkpoint = attrs.get("checkpoint")
-    epochs = int(attrs.get("epoch") or 0)
+    epochs = 0 if attrs.get("duplicate_of") is not None else int(attrs.get("epoch") or 0)
     history = [{"epoch": e + 1} for e in range(epochs)]
     if checkpoint and status != "infeasible":
         from ray import tune

@@ -53,6 +53,13 @@ def complete_row(study_dir: Path, trial: int, point: int = 0) -> dict[str, Any]:
     return row
 
 
+def weights_of(row: dict[str, Any]) -> int:
+    """The trial whose folder holds a row's weights: its own, or for a trial that reused an
+    earlier trial's result untrained (``duplicate_of``), that trial's."""
+    twin = row.get("duplicate_of")
+    return int(twin) if twin is not None and twin == twin else int(row["trial"])
+
+
 def input_shape(inputs: dict[str, Any]) -> tuple[int, int, int]:
     """One sample's shape (C, H, W) from an export's or a trial's input conventions."""
     return (inputs["in_chans"], inputs["img_size"], inputs["img_size"])
@@ -81,7 +88,7 @@ def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str, *,
         raise ExportError(f"--format = {format!r}: allowed: {', '.join(FORMATS)}")
     check_out_dir(out_dir)
     row = complete_row(study_dir, trial, point)
-    src = trial_folder(study_dir, trial)
+    src = trial_folder(study_dir, weights_of(row))
     inputs = json.loads((src / "input.json").read_text())
     candidate = json.loads((src / "candidate.json").read_text())
     candidate.update(json.loads(_jsonable(row.get("knobs")) or "{}"))

@@ -45,8 +45,9 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[str | Objective],
                  where: str | None = None) -> pd.DataFrame:
     """The non-dominated completed rows of ``frame`` for ``objectives``, best first.
 
-    Every budget point is a candidate; among a trial's points with equal objective values
-    only the first (lowest point) is kept.
+    Every budget point is a candidate (a trial that reused an earlier trial's result,
+    ``duplicate_of``, is that trial's point, not another); among a trial's points with
+    equal objective values only the first (lowest point) is kept.
     """
     objs = parse_objectives(objectives)
     missing = [o.metric for o in objs if o.metric not in frame.columns]
@@ -56,6 +57,8 @@ def pareto_front(frame: pd.DataFrame, objectives: Sequence[str | Objective],
     rows = frame
     if "status" in rows.columns:
         rows = rows[rows["status"] == "complete"]
+    if "duplicate_of" in rows.columns:  # a reused result is its first trial's point
+        rows = rows[rows["duplicate_of"].isna()]
     rows = filter_rows(rows, where).dropna(subset=[o.metric for o in objs])
     if "point" in rows.columns:  # budget points of one trial that change nothing: the first
         rows = rows.drop_duplicates(subset=["trial", *[o.metric for o in objs]])

@@ -59,6 +59,7 @@ from .export import (
     complete_row,
     input_shape,
     trial_folder,
+    weights_of,
     write_export,
 )
 from .importance_report import front_trials, trial_scores
@@ -134,7 +135,7 @@ def load_parent(study_dir: Path, trial: int) -> tuple[dict[str, Any], Config, nn
     """A complete trial's row, config, model (its final weights), scores and input info."""
     row = complete_row(study_dir, trial)
     scores = trial_scores(study_dir, trial)
-    src = trial_folder(study_dir, trial)
+    src = trial_folder(study_dir, weights_of(row))
     inputs = json.loads((src / "input.json").read_text())
     candidate = json.loads((src / "candidate.json").read_text())
     model = build_model(row["space"], candidate, inputs)

@@ -9,7 +9,9 @@ results/<study>/
                    JSON, and in a column per knob), point 0 the trained one.
                    ``origin`` says where a row's config came from ("sampler", what a trial
                    config's "origin" says, or "pruned": a variant added by nas/prune.py, with
-                   ``parent`` and ``keep``); ``imp_*`` columns are the Taylor importance
+                   ``parent`` and ``keep``); ``duplicate_of``: the earlier trial of the
+                   same config whose result a trial reused untrained (nas/searcher.py;
+                   its weights are that trial's); ``imp_*`` columns are the Taylor importance
                    summary of the trained trial (NaN where a family has no such component)
   trials/<n>/      the trial's final weights (model.safetensors), candidate.json, history.json,
                    importance.safetensors (Taylor scores; trained trials when enabled)
@@ -109,6 +111,8 @@ def trial_row(trial_number: int, status: str, space: str, candidate: dict[str, A
     row["epochs"] = len(history)
     row["train_time_s"] = sum(h.get("epoch_time_s", 0.0) for h in history)
     row.update({k: v for k, v in last.items() if k.startswith(("prov_", "imp_", "init_"))})
+    if last.get("duplicate_of") is not None:  # the same config as an earlier trial's
+        row["duplicate_of"] = int(last["duplicate_of"])
     row["error"] = error
     return row
 

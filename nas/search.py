@@ -82,6 +82,10 @@ class ResultsCallback(tune.Callback):
         self.history.setdefault(trial.trial_id, []).append(result)
         self.searcher.record_epoch(trial.trial_id, result)
         number = trial.config["trial"]
+        if result.get("duplicate_of") is not None:
+            self.printer(f"  trial {number} not trained: the same config as trial "
+                         f"{result['duplicate_of']}, whose result it reuses")
+            return
         if result.get("infeasible"):
             self.printer(f"  trial {number} not trained: breaks {result['infeasible']}")
             return
@@ -112,7 +116,8 @@ class ResultsCallback(tune.Callback):
         status = trial_status(last, error, self.spec.train.epochs)
         message = _error_line(trial) if error else (
             last.get("failed") or last.get("infeasible", ""))
-        trained = [h for h in history if not h.get("infeasible") and not h.get("failed")]
+        trained = [h for h in history if not h.get("infeasible") and not h.get("failed")
+                   and "duplicate_of" not in h]
         store_trial_files(self.study_dir, number, trial.checkpoint if trained else None,
                           trained)
         candidate = trial.config["candidate"]

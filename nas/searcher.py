@@ -18,6 +18,12 @@ metric: value, "stopped": true where the scheduler stopped the trial}), from whi
 resumed ``scheduler: moasha`` rebuilds its rungs (:func:`epoch_history`; Optuna keeps no
 intermediate values of a multi-objective trial, and Ray never saves a scheduler's state).
 
+No candidate is trained twice: a config whose key a complete (or infeasible) trial of the
+study already has (samplers redraw configs they have seen) is handed out with that trial's
+recorded result (``reused``, with ``duplicate_of``: its number); the trainable reports it
+unchanged, without training, so Optuna is told the first trial's values and the row says
+``duplicate_of``. A resume keeps this: the study records ``duplicate_of`` too.
+
 Guidance (``spec.guidance``): once ``after`` trials have completed, the searcher enqueues up to
 ``proposals`` importance-guided configs (nas/guidance.py) into the study, once; Optuna's
 ``ask`` hands out enqueued trials first, so the next trials Ray asks for are those, each
@@ -26,6 +32,7 @@ with the user attribute ``origin`` ("proposal:from=N:component"); the sampler dr
 
 from __future__ import annotations
 
+import json
 import logging
 import numbers
 from collections.abc import Mapping, Sequence
@@ -44,7 +51,7 @@ from .samplers import make_sampler
 from .spec import METRICS, SearchSpec
 
 # knobs: point 0's, JSON; points: every budget point, JSON; failed: a deterministic failure
-RECORDED = (*METRICS, "epoch", "infeasible", "knobs", "points", "failed")
+RECORDED = (*METRICS, "epoch", "infeasible", "knobs", "points", "failed", "duplicate_of")
 # the importance summary (trainers.importance.summarize) and the warm start's provenance
 RECORDED_PREFIXES = ("imp_", "init_")
 log = logging.getLogger("nas")
@@ -89,10 +96,17 @@ class StudySearcher(OptunaSearch):
         self._guided = guided
         self._orphans = list(orphans)
         self._per_epoch: dict[str, list[dict[str, Any]]] = {}
+        self._keys: dict[int, str] = {}  # trial number -> config key (complete trials)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if not self._orphans or trial_id in self._ot_trials:
-            return super().suggest(trial_id)
+        fresh = trial_id not in self._ot_trials
+        config = self._orphan(trial_id) if self._orphans and fresh else super().suggest(
+            trial_id)
+        if fresh and isinstance(config, dict) and trial_id in self._ot_trials:
+            self._reuse_twin(trial_id, config)
+        return config
+
+    def _orphan(self, trial_id: str) -> dict[str, Any]:
         frozen = self._orphans.pop(0)  # a trial its dead driver left running: run it again
         self._ot_trials[trial_id] = optuna.Trial(self._ot_study, frozen._trial_id)
         self._per_epoch[trial_id] = list(frozen.user_attrs.get(PER_EPOCH, []))
@@ -101,6 +115,36 @@ class StudySearcher(OptunaSearch):
         return {"candidate": candidate.to_dict(), "trial": frozen.number,
                 "origin": frozen.user_attrs.get("origin", "sampler"),
                 "resume_from": frozen.user_attrs.get("checkpoint")}
+
+    def _reuse_twin(self, trial_id: str, config: dict[str, Any]) -> None:
+        """Hand out the recorded result of an earlier trial of the same key, if any."""
+        space = search_spaces.get(self._spec.space.name)
+        key = space.config_from_dict(config["candidate"]).key()
+        twin = self._twins_done().get(key)
+        if twin is None or twin.number == config["trial"]:
+            return
+        reused = {name: value for name, value in twin.user_attrs.items()
+                  if name in RECORDED or name.startswith(RECORDED_PREFIXES)}
+        config["reused"] = {**reused, "duplicate_of": twin.number}
+        self._ot_trials[trial_id].set_user_attr("duplicate_of", twin.number)
+        log.warning(f"trial {config['trial']}: the same config as trial {twin.number}; "
+                    f"not trained, its result reused")
+
+    def _twins_done(self) -> dict[str, FrozenTrial]:
+        """The first complete trial of each key (complete and infeasible ones: their result
+        is what training, or measuring, the same config again would give)."""
+        space = search_spaces.get(self._spec.space.name)
+        done = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for trial in done:
+            if trial.number not in self._keys and "candidate" in trial.user_attrs:
+                config = space.config_from_dict(json.loads(trial.user_attrs["candidate"]))
+                self._keys[trial.number] = config.key()
+        first: dict[str, FrozenTrial] = {}
+        for trial in sorted(done, key=lambda t: t.number):
+            key = self._keys.get(trial.number)
+            if key is not None and "duplicate_of" not in trial.user_attrs:
+                first.setdefault(key, trial)
+        return first
 
     def record_checkpoint(self, trial_id: str, path: str) -> None:
         """Note a trial's latest checkpoint in the study (what a resume continues from)."""
@@ -118,7 +162,8 @@ class StudySearcher(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         epoch = result.get("epoch")
         if (ot_trial is None or trial_id in self._completed_trials or not epoch
-                or result.get("failed") or result.get("infeasible")):
+                or result.get("failed") or result.get("infeasible")
+                or "duplicate_of" in result):
             return
         earlier = self._per_epoch.setdefault(trial_id, [])
         if any(e["epoch"] == epoch for e in earlier):

@@ -101,9 +101,14 @@ def reporting_failures(train: Train) -> Callable[..., None]:
     """The Ray trainable ``(config, *, spec)`` running ``train(config, spec, done)``
     (``done``: the epochs it reported) that reports a deterministic failure as the trial's
     last result with its reason (``failed``) instead of raising it, so Ray never retries
-    it; anything else raised (a dead worker, say) is Ray's to retry."""
+    it; anything else raised (a dead worker, say) is Ray's to retry. A config the searcher
+    found trained already (``reused``: nas/searcher.py) reports that result and trains
+    nothing."""
 
     def trainable(config: dict[str, Any], *, spec: SearchSpec) -> None:
+        if config.get("reused"):  # an earlier trial's config: its result, not trained again
+            tune.report({**config["reused"], "trial": config["trial"]})
+            return
         done: list[dict[str, Any]] = []
         try:
             train(config, spec, done)
