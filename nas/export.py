@@ -99,6 +99,7 @@ def export_trial(study_dir: Path | str, trial: int, out_dir: Path | str, *,
     metrics = {k: v for k, v in row.items() if k != "config"}
     metrics["history"] = json.loads((src / "history.json").read_text())
     source = {"study": study_dir.name, "trial": trial, "point": point, "key": row["key"],
+              "origin": row.get("origin") or "sampler",
               **({"init": init} if (init := _init_of(row)) else {})}
     plugins = study_spec(study_dir).get("plugins") or []
     return write_export(out_dir, model, space=row["space"], candidate=candidate,

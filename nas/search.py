@@ -33,6 +33,7 @@ from .cluster import check_storage, reachable_address, start_ray
 from .durable import StudyState, driver_lock, reconcile, study_state
 from .latency_target import start_target
 from .moasha_scheduler import MOASHAScheduler
+from .parent import parent_importance
 from .results import (
     RAY,
     SPEC,
@@ -214,9 +215,12 @@ def _tuner(spec: SearchSpec, study_dir: Path, printer: Printer,
     resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
     searcher = make_searcher(spec, f"sqlite:///{study_dir / STUDY_DB}", orphans=state.orphans,
                              existing=state.trials)
+    # what the driver computes once for every trial: through Ray's object store
+    driver = {"parent_scores": parent_importance(spec, study_dir, printer)} if (
+        spec.init.inherit is not None) else {}
     runs = len(list((study_dir / RAY).glob("tune*"))) if resume else 0
     return tune.Tuner(
-        tune.with_resources(tune.with_parameters(trainable, spec=spec), resources),
+        tune.with_resources(tune.with_parameters(trainable, spec=spec, **driver), resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=_scheduler(spec, state.trials),
             num_samples=state.to_start,

@@ -57,18 +57,24 @@ RECORDED_PREFIXES = ("imp_", "init_")
 log = logging.getLogger("nas")
 
 
+def draw_origin(spec: SearchSpec) -> str:
+    """What a drawn config's ``origin`` says: "inherited" in an inherited search."""
+    return "inherited" if spec.init.inherit is not None else "sampler"
+
+
 class DrawCandidate:
     """Optuna define-by-run function: draws a candidate; only ``trial.suggest_*`` calls. An
-    enqueued trial answers with its fixed parameters and names its ``origin``."""
+    enqueued trial answers with its fixed parameters and names its ``origin``; a drawn one
+    says ``origin`` ("sampler"; "inherited" in an inherited search)."""
 
-    def __init__(self, space: str, dims: Mapping[str, Dim]) -> None:
-        self.space, self.dims = space, dict(dims)
+    def __init__(self, space: str, dims: Mapping[str, Dim], origin: str = "sampler") -> None:
+        self.space, self.dims, self.origin = space, dict(dims), origin
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
         candidate = search_spaces.get(self.space).suggest(trial, self.dims)
         trial.set_user_attr("candidate", candidate.to_json())
         return {"candidate": candidate.to_dict(), "trial": trial.number,
-                "origin": trial.user_attrs.get("origin", "sampler")}
+                "origin": trial.user_attrs.get("origin", self.origin)}
 
 
 def trial_status(result: dict[str, Any] | None, error: bool, epochs: int) -> str:
@@ -113,7 +119,7 @@ class StudySearcher(OptunaSearch):
         space = search_spaces.get(self._spec.space.name)
         candidate = space.from_params(frozen.params, self._spec.space.dims)
         return {"candidate": candidate.to_dict(), "trial": frozen.number,
-                "origin": frozen.user_attrs.get("origin", "sampler"),
+                "origin": frozen.user_attrs.get("origin", draw_origin(self._spec)),
                 "resume_from": frozen.user_attrs.get("checkpoint")}
 
     def _reuse_twin(self, trial_id: str, config: dict[str, Any]) -> None:
@@ -232,7 +238,8 @@ def make_searcher(spec: SearchSpec, storage_url: str, *, orphans: Sequence[Froze
     complete = sum(t.state == TrialState.COMPLETE and "infeasible" not in t.user_attrs
                    for t in existing)
     guided = any(str(t.user_attrs.get("origin", "")).startswith("proposal") for t in existing)
-    return StudySearcher(space=DrawCandidate(spec.space.name, spec.space.dims),
+    return StudySearcher(space=DrawCandidate(spec.space.name, spec.space.dims,
+                                             draw_origin(spec)),
                          metric=spec.metric_names, mode=spec.modes,
                          sampler=make_sampler(spec, offset=len(existing)),
                          study_name=spec.name, spec=spec, orphans=orphans,

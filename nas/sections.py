@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_spaces.config import ConfigError
+from trainers.inherit import MODE as INHERIT  # init.inherit's one value
 
 # Keys of the trainers' settings that a trial decides for itself, not the spec.
 PER_TRIAL = {"data": ("device", "load_test"), "train": ("device",)}
@@ -84,14 +85,27 @@ class BudgetSpec:
 class InitSpec:
     """Warm start: ``weights`` every candidate starts from (an export folder or a
     .safetensors state dict; None = trained from scratch) and ``fresh``, name patterns
-    (fnmatch) of tensors not taken from them (e.g. ``head.*`` for other classes)."""
+    (fnmatch) of tensors not taken from them (e.g. ``head.*`` for other classes).
+
+    ``inherit: importance``: the weights are a trained parent (an export folder) that bounds
+    the architecture instead of fixing it; each candidate starts as the parent cut to it by
+    the parent's Taylor importance (trainers/inherit.py), computed once per study on
+    ``importance_batches`` training batches (nas/parent.py)."""
 
     weights: str | None = None
     fresh: tuple[str, ...] = ()
+    inherit: str | None = None
+    importance_batches: int = 16
 
     def __post_init__(self) -> None:
         if self.fresh and self.weights is None:
             fail("init.fresh", list(self.fresh), "needs init.weights")
+        if self.inherit is not None and self.inherit != INHERIT:
+            fail("init.inherit", self.inherit, f"allowed: {INHERIT!r} (or leave it out: the "
+                 "weights then fix the architecture)")
+        if self.inherit is not None and self.weights is None:
+            fail("init.inherit", self.inherit, "needs init.weights (the parent's export folder)")
+        at_least("init.importance_batches", self.importance_batches, 1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

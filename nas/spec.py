@@ -21,7 +21,7 @@ from search_spaces.dims import Dim, Fixed, narrow
 from trainers.data import DataSettings, load_data, native_img_size
 from trainers.loop import FitSettings
 
-from .init import check_init_weights, fix_architecture
+from .init import bound_architecture, check_init_weights, fix_architecture
 from .plugins import load_plugins, resolved
 from .sections import (
     PER_TRIAL,
@@ -218,7 +218,9 @@ def _space(raw: Any, img_size: int, init: InitSpec) -> SpaceSpec:
             dims[key] = narrow(key, space.dims[key], value)
         except ConfigError as err:
             raise SpecError(str(err)) from None
-    if init.weights is not None:
+    if init.inherit is not None:
+        dims = bound_architecture(space, dims, init)
+    elif init.weights is not None:
         dims = fix_architecture(space, dims, init)
     try:
         space.check_dims({**space.dims, **dims})

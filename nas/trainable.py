@@ -9,7 +9,9 @@ not build or weights that do not fit it, running out of memory) are reported as 
 last result with their reason (``failed``) instead of raised, so Ray does not retry them.
 
 With a spec ``init`` the candidate starts from those weights (trainers.warmstart; what
-starts fresh is listed in trials/<n>/init.json and in the worker's log). After the last
+starts fresh is listed in trials/<n>/init.json and in the worker's log); with
+``init.inherit``, from the parent cut to the candidate by the parent's importance, which
+the driver computed once (nas/parent.py) and hands every trial (``parent_scores``). After the last
 epoch every trained candidate is scored by Taylor importance (trainers.importance): the full
 scores go into the final checkpoint (trials/<n>/) and the compact summary (``imp_*`` keys)
 into the final report. Latency is measured by the trial itself (through the gate) or, with
@@ -22,7 +24,7 @@ torchvision compatibility shim, by name.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,13 @@ import torch
 from ray import tune
 
 import search_spaces
-from search_spaces.config import ConfigError
+from search_spaces.config import Config, ConfigError
 from trainers.data import load_data
+from trainers.inherit import inherit, read_parent
 from trainers.loop import NonFiniteLoss, build_optimizer, fit
 from trainers.losses import objective_for
 from trainers.onnx_export import OnnxError
-from trainers.warmstart import InitError, read_init, warm_start
+from trainers.warmstart import InitError, read_init, warm_start, warm_start_from
 
 from .candidate import (
     GatedData,
@@ -68,15 +71,32 @@ def latency_timer(spec: SearchSpec, input_shape: tuple[int, ...],
     return LocalTimer(spec, input_shape, gate, node=ray.get_runtime_context().get_node_id())
 
 
-def initial_weights(model: torch.nn.Module, spec: SearchSpec, adaptive: Any) -> dict[str, Any]:
-    """Warm-start ``model`` from ``init.weights``; the record of it ({} without init)."""
+def initial_weights(model: torch.nn.Module, spec: SearchSpec, adaptive: Any,
+                    candidate: Config,
+                    parent_scores: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Warm-start ``model`` from ``init.weights`` (with ``init.inherit``, from the parent cut
+    to the candidate by ``parent_scores``: trainers/inherit.py); the record of it ({}
+    without init): the weights' path and sha256, and for an inherited candidate the share
+    of each component it kept (``init_kept_<component>``)."""
     if spec.init.weights is None:
         return {}
     init = read_init(spec.init.weights)
-    fresh = warm_start(model, init, adaptive=adaptive, fresh=spec.init.fresh)
-    print(f"init: {init.path} (sha256 {init.sha256[:12]}); fresh: {fresh or 'none'}",
-          flush=True)
-    return {**init.provenance(), "fresh": fresh}
+    record: dict[str, Any] = init.provenance()
+    if spec.init.inherit is None:
+        fresh = warm_start(model, init, adaptive=adaptive, fresh=spec.init.fresh)
+    else:
+        if parent_scores is None:
+            raise InitError("init.inherit: the driver handed this trial no parent importance")
+        cut = inherit(read_parent(init.path), candidate, parent_scores)
+        fresh = warm_start_from(model, cut.state_dict, adaptive=adaptive,
+                                fresh=spec.init.fresh)
+        record |= {"init_inherit": spec.init.inherit,
+                   **{f"init_kept_{c}": round(share, 4) for c, share in cut.keep.items()}}
+    kept = ", ".join(f"{k.removeprefix('init_kept_')} {v:.2f}" for k, v in record.items()
+                     if k.startswith("init_kept_"))
+    print(f"init: {init.path} (sha256 {init.sha256[:12]}){'; kept ' + kept if kept else ''}"
+          f"; fresh: {fresh or 'none'}", flush=True)
+    return {**record, "fresh": fresh}
 
 
 DETERMINISTIC = (NonFiniteLoss, ConfigError, InitError, OnnxError, torch.OutOfMemoryError)
@@ -94,24 +114,25 @@ def resume_point(config: dict[str, Any]) -> Progress | None:
         return load_progress(Path(folder))
 
 
-Train = Callable[[dict[str, Any], SearchSpec, list[dict[str, Any]]], None]
+Train = Callable[..., None]  # (config, spec, done, **driver)
 
 
 def reporting_failures(train: Train) -> Callable[..., None]:
-    """The Ray trainable ``(config, *, spec)`` running ``train(config, spec, done)``
-    (``done``: the epochs it reported) that reports a deterministic failure as the trial's
-    last result with its reason (``failed``) instead of raising it, so Ray never retries
-    it; anything else raised (a dead worker, say) is Ray's to retry. A config the searcher
+    """The Ray trainable ``(config, *, spec, **driver)`` running ``train(config, spec, done,
+    **driver)`` (``done``: the epochs it reported; ``driver``: what the driver computed
+    once for every trial, e.g. ``parent_scores``) that reports a deterministic failure as
+    the trial's last result with its reason (``failed``) instead of raising it, so Ray never
+    retries it; anything else raised (a dead worker, say) is Ray's to retry. A config the searcher
     found trained already (``reused``: nas/searcher.py) reports that result and trains
     nothing."""
 
-    def trainable(config: dict[str, Any], *, spec: SearchSpec) -> None:
+    def trainable(config: dict[str, Any], *, spec: SearchSpec, **driver: Any) -> None:
         if config.get("reused"):  # an earlier trial's config: its result, not trained again
             tune.report({**config["reused"], "trial": config["trial"]})
             return
         done: list[dict[str, Any]] = []
         try:
-            train(config, spec, done)
+            train(config, spec, done, **driver)
         except DETERMINISTIC as err:
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
             unknown = dict.fromkeys(spec.metric_names, float("nan"))  # Ray wants them
@@ -124,8 +145,8 @@ def reporting_failures(train: Train) -> Callable[..., None]:
 
 
 @reporting_failures
-def train_candidate(config: dict[str, Any], spec: SearchSpec,
-                    done: list[dict[str, Any]]) -> None:
+def train_candidate(config: dict[str, Any], spec: SearchSpec, done: list[dict[str, Any]],
+                    parent_scores: Mapping[str, torch.Tensor] | None = None) -> None:
     """Ray Tune function trainable: reports once per epoch and checkpoints the weights.
 
     A candidate whose measured costs already break a constraint is reported once, marked
@@ -145,7 +166,7 @@ def train_candidate(config: dict[str, Any], spec: SearchSpec,
             torch.manual_seed(spec.train.seed)
             model = space.build(candidate, num_classes=data.num_classes,
                                 in_chans=data.in_chans)
-            init = initial_weights(model, spec, adaptive)
+            init = initial_weights(model, spec, adaptive, candidate, parent_scores)
         timer = latency_timer(spec, shape, gate)
         cost = candidate_cost(spec, candidate, model, shape, gate) if adaptive else None
         costs = {**measure_costs(model, spec, shape, gate, config=candidate, cost=cost,

@@ -19,6 +19,8 @@ class. It asks the space for the :class:`Structure` of a config
   multi-exit model): importance sums their cross-entropies.
 - ``guidance``: the dimensions whose value sets a component's size (:class:`Knob`), read by
   the importance-guided proposals.
+- ``explicit()``: the config with derived widths spelled out (a probe of one dimension
+  then keeps the others' sizes).
 - ``build_key()``: one string for configs that build the same modules (a MACs cache key).
 
 The defaults describe a family that declares no structure: no groups, nothing prunable, its
@@ -132,6 +134,12 @@ class Structure:
     def answers(self, output: Any) -> list[torch.Tensor]:
         """The logits a trained model can answer with, from its eval-mode ``output``."""
         return [logits_of(output)]
+
+    def explicit(self) -> Config:
+        """The same model's config with every width a field derives spelled out (so that
+        changing one dimension keeps the others' sizes: how an inherited search probes the
+        parent's envelope)."""
+        return self.config
 
     def build_key(self) -> str:
         """One key for configs that build the same modules."""

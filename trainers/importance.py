@@ -139,11 +139,14 @@ def taylor_importance(
 
 
 # ------------------------------------------------------------------------------ save/load
-def save_scores(path: str | Path, scores: Mapping[str, torch.Tensor]) -> None:
+def save_scores(path: str | Path, scores: Mapping[str, torch.Tensor],
+                metadata: Mapping[str, str] | None = None) -> None:
     """Write scores as safetensors (names as keys; their order kept in the metadata, as
-    safetensors sorts keys and the order is the model's forward order)."""
+    safetensors sorts keys and the order is the model's forward order), with the caller's
+    ``metadata`` beside it."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in scores.items()}
-    save_file(tensors, str(path), metadata={"order": json.dumps(list(tensors))})
+    save_file(tensors, str(path), metadata={**(metadata or {}),
+                                            "order": json.dumps(list(tensors))})
 
 
 def load_scores(path: str | Path) -> dict[str, torch.Tensor]:

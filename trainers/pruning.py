@@ -47,8 +47,9 @@ from .loop import FitResult, FitSettings, fit
 @dataclasses.dataclass(frozen=True)
 class Pruned:
     """A pruned architecture: ``config``, the ``state_dict`` its model loads (strict), the
-    kept group ids per score name (sorted), the keep ratio per component that was applied,
-    and the MACs of one sample when they were counted (``prune_to_macs``)."""
+    kept group ids per score name (sorted), the keep ratio per component (the one asked
+    for, :func:`prune`; or the share kept, :func:`slice_to`), and the MACs of one sample
+    when they were counted (``prune_to_macs``)."""
 
     config: Config
     state_dict: dict[str, torch.Tensor]
@@ -153,7 +154,18 @@ def prune(config: Config, model: nn.Module, scores: Mapping[str, torch.Tensor],
     """Prune ``model`` (built from ``config``, with its weights) by ``scores`` (Taylor scores
     of this model: trainers.importance) to keep ratios ``keep`` (see :func:`keep_ratios`)."""
     ratios = keep_ratios(config, keep)
-    new = pruned_config(config, ratios)
+    return dataclasses.replace(slice_to(config, model, scores, pruned_config(config, ratios)),
+                               keep=ratios)
+
+
+def slice_to(config: Config, model: nn.Module, scores: Mapping[str, torch.Tensor],
+             new: Config) -> Pruned:
+    """Cut ``model`` (built from ``config``, with its weights) to a model of ``new``: of each
+    group name, the ``Structure.kept`` count of ``new`` with the best ``scores``, the rest
+    sliced away. ``Pruned.keep`` is then the kept share of each component (groups kept over
+    groups, all names of the component together). ValueError if ``new`` keeps more groups
+    of a name than ``model`` has; whether every tensor then fits ``new``'s model is the
+    caller's to check (trainers/inherit.py: :func:`~trainers.inherit.misfit`)."""
     groups = group_layout(model)
     for name, group in groups.items():
         if name not in scores or scores[name].numel() != group.size:
@@ -162,12 +174,28 @@ def prune(config: Config, model: nn.Module, scores: Mapping[str, torch.Tensor],
                              "were the scores computed on this model?")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     structure = _structure(config)
-    kept = {name: _select(scores[name], g, structure.kept(new, name, g, state))
-            for name, g in groups.items()}
+    counts = {name: structure.kept(new, name, g, state) for name, g in groups.items()}
+    for name, group in groups.items():
+        if not 1 <= counts[name] <= group.size // group.heads:
+            per = " per head" if group.heads > 1 else ""
+            raise ValueError(f"{name}: {new.KIND} config keeps {counts[name]}{per}; the model "
+                             f"has {group.size // group.heads}{per}")
+    kept = {name: _select(scores[name], g, counts[name]) for name, g in groups.items()}
     structure.rescale(state, model, new)
     state = _slice(state, groups, kept)
     state = _drop_blocks(state, {n: ids for n, ids in kept.items() if component(n) == "depth"})
-    return Pruned(config=new, state_dict=state, kept=kept, keep=ratios)
+    return Pruned(config=new, state_dict=state, kept=kept, keep=kept_shares(groups, kept))
+
+
+def kept_shares(groups: Mapping[str, Groups],
+                kept: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Groups kept over groups, per component (every name of the component together)."""
+    totals: dict[str, list[int]] = {}
+    for name, group in groups.items():
+        pair = totals.setdefault(component(name), [0, 0])
+        pair[0] += len(kept[name])
+        pair[1] += group.size
+    return {comp: kept_n / size for comp, (kept_n, size) in totals.items() if size}
 
 
 # ------------------------------------------------------------------------ budget, build, IO

@@ -137,8 +137,16 @@ def warm_start(model: nn.Module, init: InitWeights, *, adaptive: Adaptive | None
     """Copy the initial weights into ``model`` (checked first by :func:`plan`), and the
     values the adaptive part derives from them into its added parameters; returns the names
     of the tensors that start fresh (as the model was built)."""
-    starts_fresh = plan(model, init.shapes, adaptive=adaptive, fresh=fresh)
-    weights = load_file(str(init.file))
+    plan(model, init.shapes, adaptive=adaptive, fresh=fresh)  # before the file is read
+    return warm_start_from(model, load_file(str(init.file)), adaptive=adaptive, fresh=fresh)
+
+
+def warm_start_from(model: nn.Module, weights: Mapping[str, torch.Tensor], *,
+                    adaptive: Adaptive | None = None, fresh: Sequence[str] = ()) -> list[str]:
+    """:func:`warm_start` from a state dict in memory (e.g. a parent sliced to the
+    candidate's base: trainers/inherit.py)."""
+    starts_fresh = plan(model, {k: tuple(v.shape) for k, v in weights.items()},
+                        adaptive=adaptive, fresh=fresh)
     state = model.state_dict()
     chosen = {n for n in starts_fresh  # the caller's fresh tensors stay fresh
               if not any(fnmatch.fnmatchcase(n, p) for p in fresh)}

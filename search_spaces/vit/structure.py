@@ -129,6 +129,14 @@ class ViTStructure(Structure):
             changes["depth"] = depth
         return config.replace(**changes)
 
+    def explicit(self) -> Config:
+        """qk_dim and v_dim as numbers (v_dim stays None for cascaded group attention, whose
+        value width is always the split)."""
+        config = self.config
+        return config.replace(qk_dim=config.qk_dim or split(config),
+                              v_dim=(config.v_dim or split(config)) if config.attn == "mhsa"
+                              else config.v_dim)
+
     def kept(self, new: Config, name: str, group: Groups,
              state: Mapping[str, torch.Tensor]) -> int:
         comp = component(name)

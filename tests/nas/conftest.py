@@ -162,3 +162,27 @@ def tiny_study(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
                "--results-dir", str(work), *TINY, cwd=work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work / "tiny", proc
+
+
+@pytest.fixture(scope="session")
+def parent_export(tmp_path_factory) -> Path:
+    """A static vit (parents.PARENT) trained one epoch on 300 Fashion-MNIST images, as an
+    export folder."""
+    import torch
+    from parents import PARENT
+
+    import search_spaces
+    from nas.export import write_export
+    from trainers.data import load_data
+    from trainers.loop import FitSettings, fit
+
+    data = load_data("fashion-mnist", train_size=300, val_size=100, seed=0)
+    torch.manual_seed(0)
+    model = search_spaces.get("vit").build(PARENT, num_classes=10, in_chans=1)
+    fit(model, data, FitSettings(epochs=1, batch_size=50, lr=3e-3, warmup_epochs=0))
+    inputs = {"img_size": 28, "in_chans": 1, "mean": list(data.mean), "std": list(data.std),
+              "num_classes": 10, "class_names": list(data.class_names),
+              "dataset": "fashion-mnist"}
+    out = tmp_path_factory.mktemp("parent") / "export"
+    return write_export(out, model.eval(), space="vit", candidate=PARENT.to_dict(),
+                        inputs=inputs, source={"test": "parent"}, metrics={})

@@ -10,22 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from parents import PARENT
 from safetensors.torch import save_file
 
 import search_spaces
 from nas import spec as specs
-from nas.export import write_export
 from nas.init import check_init_weights
 from nas.results import load_results
 from nas.sections import SpecError
 from search_spaces.dims import Replay
-from search_spaces.vit import ViTConfig
 from trainers.data import load_data
-from trainers.loop import FitSettings, evaluate, fit
+from trainers.loop import evaluate
 from trainers.warmstart import read_init, warm_start
 
 VIT = search_spaces.get("vit")
-PARENT = ViTConfig(img_size=28, patch_size=7, embed_dim=48, depth=2, num_heads=2)
 FMNIST = {"name": "fashion-mnist", "train_size": 300, "val_size": 100, "seed": 0}
 
 
@@ -34,21 +32,6 @@ def _vit_spec(weights: Path, **changes) -> dict:
            "init": {"weights": str(weights)}, "trials": 2}
     raw.update(changes)
     return raw
-
-
-@pytest.fixture(scope="module")
-def parent_export(tmp_path_factory) -> Path:
-    """A static vit trained one epoch on 300 Fashion-MNIST images, as an export folder."""
-    data = load_data("fashion-mnist", train_size=300, val_size=100, seed=0)
-    torch.manual_seed(0)
-    model = VIT.build(PARENT, num_classes=10, in_chans=1)
-    fit(model, data, FitSettings(epochs=1, batch_size=50, lr=3e-3, warmup_epochs=0))
-    inputs = {"img_size": 28, "in_chans": 1, "mean": list(data.mean), "std": list(data.std),
-              "num_classes": 10, "class_names": list(data.class_names),
-              "dataset": "fashion-mnist"}
-    out = tmp_path_factory.mktemp("parent") / "export"
-    return write_export(out, model.eval(), space="vit", candidate=PARENT.to_dict(),
-                        inputs=inputs, source={"test": "parent"}, metrics={})
 
 
 def test_the_weights_fix_the_architecture_dims(parent_export):
