@@ -11,7 +11,8 @@ tensor (trainers.warmstart.plan).
 
 ``init.inherit`` (trainers/inherit.py): the weights are a parent that bounds the architecture
 instead (``bound_architecture``). Each value of each architecture dimension is tried on the
-parent's config (its derived widths spelled out: ``Structure.explicit``): a value the parent
+parent's config (its derived widths spelled out: ``Structure.explicit``; the dimensions the
+spec fixes, such as ``segments``, set to their value first): a value the parent
 cannot be cut to is an error naming both values where the spec gives the dimension, and is
 left out of the space's default domain where it does not (the parent's own value always
 stays). Values fine one at a time may still not fit together (fewer heads with widths left
@@ -71,8 +72,17 @@ def bound_architecture(space: search_spaces.SearchSpace, dims: Mapping[str, Dim]
         fail("data.img_size", dims["img_size"].to_spec(), f"conflicts with init.weights "
              f"{init.weights!r}, whose parent was trained at img_size={img!r}")
     base = space.params_fn(space.structure(parent.config).explicit())
+    names = space.architecture if space.architecture is not None else tuple(space.dims)
+    for name in names:  # what the spec fixes holds in every probe (e.g. segments)
+        given = dims.get(name)
+        if name != "img_size" and isinstance(given, Fixed) and name in base:
+            why = _beyond(parent, base, name, given.value)
+            if why is not None:
+                fail(f"space.dims.{name}", given.to_spec(), f"reaches beyond the parent "
+                     f"init.weights {init.weights!r} ({name}={base[name]!r}): {why}")
+            base[name] = given.value
     bounded = dict(dims)
-    for name in space.architecture if space.architecture is not None else tuple(space.dims):
+    for name in names:
         given = dims.get(name)
         domain = given if given is not None else space.dims.get(name)
         if name == "img_size" or domain is None or name not in base:

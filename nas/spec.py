@@ -215,7 +215,7 @@ def _space(raw: Any, img_size: int, init: InitSpec) -> SpaceSpec:
         if key not in space.dims:
             fail(f"space.dims.{key}", value, f"unknown dimension; allowed: {sorted(space.dims)}")
         try:
-            dims[key] = narrow(key, space.dims[key], value)
+            dims[key] = narrow(key, space.domain(key), value)
         except ConfigError as err:
             raise SpecError(str(err)) from None
     if init.inherit is not None:

@@ -109,7 +109,9 @@ def _coerce(hint: Any, value: Any) -> Any:
         if value is None:
             return None
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(args[0], value) if len(args) == 1 else value
+        sequence = isinstance(value, (list, tuple))  # the tuple member, or a scalar one
+        fits = [a for a in args if (typing.get_origin(a) is tuple) == sequence]
+        return _coerce(fits[0], value) if len(fits) == 1 else value
     if origin is tuple and isinstance(value, (list, tuple)):
         args = typing.get_args(hint)
         inner = args[0] if args else Any

@@ -37,6 +37,10 @@ class SearchSpace:
     those it can from a state dict's tensor shapes (None: only export folders, whose config
     says them, can be a warm start).
 
+    ``spec_domains``: what a spec may narrow a dimension from where that is wider than its
+    default in ``dims`` (e.g. ``segments``: 1 by default, up to 4 when a spec asks for
+    per-segment widths); :meth:`domain` gives it.
+
     ``structure_cls`` answers what a config's models are made of (search_spaces/structure.py:
     importance groups, what prunes, pruned configs, guidance knobs); the default declares
     nothing (no groups, nothing prunable).
@@ -55,7 +59,13 @@ class SearchSpace:
     architecture: tuple[str, ...] | None = None
     weights_architecture_fn: WeightsArchitectureFn | None = None
     structure_cls: type[Structure] = Structure
+    spec_domains: Mapping[str, Dim] = dataclasses.field(default_factory=dict)
     description: str = ""
+
+    def domain(self, name: str) -> Dim:
+        """The domain a spec may narrow dimension ``name`` from (``spec_domains``, or the
+        default in ``dims``)."""
+        return self.spec_domains.get(name, self.dims[name])
 
     def adaptive(self, config: Config) -> Adaptive | None:
         """What makes ``config`` adaptive (its knobs, operating points, cost model, loss

@@ -14,7 +14,7 @@ class. It asks the space for the :class:`Structure` of a config
   ``prunable()`` is the rest.
 - ``pruned(ratios)``: the config a kept share per component gives, and ``kept(new, name,
   group, state)`` how many groups of ``name`` that config keeps; ``rescale(state, model,
-  new)`` adjusts what slicing changes the meaning of (attention's 1/sqrt(width)).
+  new, rename)`` adjusts what slicing changes the meaning of (attention's 1/sqrt(width)).
 - ``answers(output)``: the logits a trained model can answer with (every exit of a
   multi-exit model): importance sums their cross-entropies.
 - ``guidance``: the dimensions whose value sets a component's size (:class:`Knob`), read by
@@ -125,11 +125,16 @@ class Structure:
 
     def kept(self, new: Config, name: str, group: Groups,
              state: Mapping[str, torch.Tensor]) -> int:
-        """How many groups of ``name`` a model of ``new`` keeps (per head when head-major)."""
+        """How many groups a model of ``new`` keeps (per head when head-major) of ``group``,
+        whose ``name`` is that of its place in ``new``'s model (its block renumbered when
+        blocks are dropped: per-segment widths follow the new depth)."""
         return group.size // group.heads
 
-    def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config) -> None:
-        """Adjust ``state`` (in place) for what slicing to ``new`` changes the meaning of."""
+    def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config,
+                rename: Callable[[str], str | None]) -> None:
+        """Adjust ``state`` (in place) for what slicing to ``new`` changes the meaning of;
+        ``rename`` gives a module's name in the cut model (its block renumbered; None in a
+        dropped block)."""
 
     def answers(self, output: Any) -> list[torch.Tensor]:
         """The logits a trained model can answer with, from its eval-mode ``output``."""

@@ -108,7 +108,8 @@ def _select(scores: torch.Tensor, group: Groups, count: int) -> torch.Tensor:
 
 def _slice(state: dict[str, torch.Tensor], groups: Mapping[str, Groups],
            kept: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keep a slice of a tensor iff every group it belongs to is kept (blocks: _drop_blocks)."""
+    """Keep a slice of a tensor iff every group it belongs to is kept (blocks are dropped by
+    renaming: :func:`renamer`)."""
     masks: dict[str, dict[int, torch.Tensor]] = {}
     for name, group in groups.items():
         if component(name) == "depth":
@@ -128,25 +129,25 @@ def _slice(state: dict[str, torch.Tensor], groups: Mapping[str, Groups],
     return out
 
 
-def _drop_blocks(state: dict[str, torch.Tensor],
-                 kept: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove the blocks not kept and renumber the rest (``blocks.depth`` -> ``blocks.{b}``)."""
+def renamer(kept: Mapping[str, torch.Tensor]) -> Callable[[str], str | None]:
+    """For the kept blocks of each depth name (``blocks.depth`` -> ``blocks.{b}``), the name
+    a state key, group or module of the original has in the cut model: its block renumbered
+    (the kept ones in order), None inside a dropped block; other names unchanged."""
     renames = []
     for name, ids in kept.items():
         container = name.removesuffix("depth")
         renames.append((re.compile(rf"^{re.escape(container)}(\d+)\.(.*)$"), container,
                         {int(old): new for new, old in enumerate(ids.tolist())}))
-    out = {}
-    for key, tensor in state.items():
+
+    def rename(key: str) -> str | None:
         for pattern, container, index in renames:
             match = pattern.match(key)
             if match:
                 old = int(match.group(1))
-                key = f"{container}{index[old]}.{match.group(2)}" if old in index else ""
-                break
-        if key:
-            out[key] = tensor
-    return out
+                return f"{container}{index[old]}.{match.group(2)}" if old in index else None
+        return key
+
+    return rename
 
 
 def prune(config: Config, model: nn.Module, scores: Mapping[str, torch.Tensor],
@@ -174,22 +175,30 @@ def slice_to(config: Config, model: nn.Module, scores: Mapping[str, torch.Tensor
                              "were the scores computed on this model?")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     structure = _structure(config)
-    counts = {name: structure.kept(new, name, g, state) for name, g in groups.items()}
+    depth = {name: _select(scores[name], g, structure.kept(new, name, g, state))
+             for name, g in groups.items() if component(name) == "depth"
+             and 1 <= structure.kept(new, name, g, state) <= g.size}
+    rename = renamer(depth)  # blocks first: a kept block's widths are those of its new place
+    counts = {name: (structure.kept(new, rename(name), g, state) if rename(name) is not None
+                     else g.size // g.heads) for name, g in groups.items()}
     for name, group in groups.items():
         if not 1 <= counts[name] <= group.size // group.heads:
             per = " per head" if group.heads > 1 else ""
             raise ValueError(f"{name}: {new.KIND} config keeps {counts[name]}{per}; the model "
                              f"has {group.size // group.heads}{per}")
-    kept = {name: _select(scores[name], g, counts[name]) for name, g in groups.items()}
-    structure.rescale(state, model, new)
+    kept = {name: depth[name] if name in depth else _select(scores[name], g, counts[name])
+            for name, g in groups.items()}
+    structure.rescale(state, model, new, rename)
     state = _slice(state, groups, kept)
-    state = _drop_blocks(state, {n: ids for n, ids in kept.items() if component(n) == "depth"})
-    return Pruned(config=new, state_dict=state, kept=kept, keep=kept_shares(groups, kept))
+    state = {rename(key): tensor for key, tensor in state.items() if rename(key) is not None}
+    within = {n: g for n, g in groups.items() if rename(n) is not None}  # kept blocks
+    return Pruned(config=new, state_dict=state, kept=kept, keep=kept_shares(within, kept))
 
 
 def kept_shares(groups: Mapping[str, Groups],
                 kept: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Groups kept over groups, per component (every name of the component together)."""
+    """Groups kept over groups, per component (every name of the component together; the
+    caller leaves out the groups of dropped blocks)."""
     totals: dict[str, list[int]] = {}
     for name, group in groups.items():
         pair = totals.setdefault(component(name), [0, 0])

@@ -17,7 +17,7 @@ PatchMerging's fixed 4x hidden width is not pruned (no config field expresses it
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -100,7 +100,8 @@ class EfficientViTStructure(Structure):
             return new.depths[int(name.split(".")[1])]
         return {"heads": group.size, "qk": new.key_dim, "v": group.size // group.heads}[comp]
 
-    def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config) -> None:
+    def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config,
+                rename: Callable[[str], str | None]) -> None:
         """The query's depthwise BN: its affine output is linear in its weight and bias."""
         for name, module in model.named_modules():
             if isinstance(module, WindowCGA):

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .. import policies
 from ..config import Config, check, check_int
 from ..layers.attention import ATTENTION_KINDS
 from ..policies import TokenPolicy
+from .model import segment_of
 
 STATIC = "static"  # the token_policy of a model without one
 TOKEN_POLICIES = (STATIC, *policies.names())
 _INT_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "sandwich")
+SEGMENTED = ("qk_dim", "v_dim", "mlp_ratio")  # per segment of depth, or one for all blocks
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ViTConfig(Config, *policies.field_mixins()):
     """One isotropic ViT. ``qk_dim``/``v_dim`` are per head; None means embed_dim // num_heads.
+    ``qk_dim``, ``v_dim`` and ``mlp_ratio`` are one value for every block, or a tuple of one
+    value per segment: ``len`` equal segments of depth (:func:`segment_of`), so that the
+    widths may differ along the depth, as EfficientViT found they should.
     ``num_heads`` must divide ``embed_dim`` unless attn="mhsa" gives both widths explicitly
     (e.g. a head-pruned model, trainers/pruning.py).
 
@@ -41,27 +46,59 @@ class ViTConfig(Config, *policies.field_mixins()):
     embed_dim: int = 192
     depth: int = 12
     num_heads: int = 3
-    qk_dim: int | None = None
-    v_dim: int | None = None
-    mlp_ratio: float = 4.0
+    qk_dim: int | None | tuple[int | None, ...] = None
+    v_dim: int | None | tuple[int | None, ...] = None
+    mlp_ratio: float | tuple[float, ...] = 4.0
     attn: str = "mhsa"
     sandwich: int = 0
     token_policy: str = "static"
 
     def __post_init__(self) -> None:
+        for name in SEGMENTED:
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in _INT_FIELDS:
             check_int(name, getattr(self, name), 0 if name == "sandwich" else 1)
+        self._check_segments()
         for name in ("qk_dim", "v_dim"):
-            if getattr(self, name) is not None:
-                check_int(name, getattr(self, name), 1)
-        check(isinstance(self.mlp_ratio, (int, float)) and not isinstance(self.mlp_ratio, bool)
-              and self.mlp_ratio > 0, f"`mlp_ratio`={self.mlp_ratio!r} must be a number > 0")
+            for value in self.per_segment(name):
+                if value is not None:
+                    check_int(name, value, 1)
+        for ratio in self.per_segment("mlp_ratio"):
+            check(isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and ratio > 0,
+                  f"`mlp_ratio`={self.mlp_ratio!r} must be a number > 0 (or one per segment)")
         self._check_relations()
         for policy in policies.POLICIES.values():  # every config has every policy's fields
             policy.check_fields(self)
         own = self.policy()
         if own is not None and own.check_config is not None:
             own.check_config(self)
+
+    def segments(self) -> int:
+        """How many equal segments of depth the widths are given for (1: one for all)."""
+        lengths = [len(v) for v in (getattr(self, n) for n in SEGMENTED) if isinstance(v, tuple)]
+        return max(lengths, default=1)
+
+    def per_segment(self, name: str) -> tuple:
+        """The value of field ``name`` (one of :data:`SEGMENTED`) for each segment."""
+        value = getattr(self, name)
+        return value if isinstance(value, tuple) else (value,) * self.segments()
+
+    def block(self, b: int) -> dict[str, Any]:
+        """Block ``b``'s ``qk_dim``, ``v_dim`` and ``mlp_ratio``: those of its segment
+        (:func:`segment_of`)."""
+        k = segment_of(b, self.depth, self.segments())
+        return {name: self.per_segment(name)[k] for name in SEGMENTED}
+
+    def _check_segments(self) -> None:
+        lengths = {n: len(getattr(self, n)) for n in SEGMENTED if isinstance(getattr(self, n),
+                                                                              tuple)}
+        check(len(set(lengths.values())) <= 1, f"per-segment widths {lengths} must all give "
+              "the same number of segments (a plain value applies to every segment)")
+        check(all(n >= 1 for n in lengths.values()), "a per-segment width needs at least one "
+              "value")
+        check(self.segments() <= self.depth, f"{self.segments()} segments of widths need "
+              f"`depth` >= {self.segments()}, got {self.depth}")
 
     def policy(self) -> TokenPolicy | None:
         """The config's token policy (search_spaces/policies/), None for a static one."""
@@ -80,16 +117,18 @@ class ViTConfig(Config, *policies.field_mixins()):
         check(self.img_size % self.patch_size == 0,
               f"`patch_size`={self.patch_size} must divide `img_size`={self.img_size}")
         # explicit per-head widths free MHSA from the split (head-pruned models need that)
-        free = self.attn == "mhsa" and self.qk_dim is not None and self.v_dim is not None
+        free = self.attn == "mhsa" and None not in (*self.per_segment("qk_dim"),
+                                                     *self.per_segment("v_dim"))
         check(free or self.embed_dim % self.num_heads == 0,
               f"`num_heads`={self.num_heads} must divide `embed_dim`={self.embed_dim} "
               "(unless attn='mhsa' with explicit qk_dim and v_dim)")
-        check(int(self.embed_dim * self.mlp_ratio) >= 1,
-              f"`mlp_ratio`={self.mlp_ratio} times `embed_dim`={self.embed_dim} must be >= 1")
+        for ratio in self.per_segment("mlp_ratio"):
+            check(int(self.embed_dim * ratio) >= 1,
+                  f"`mlp_ratio`={ratio} times `embed_dim`={self.embed_dim} must be >= 1")
         check(self.attn in ATTENTION_KINDS,
               f"`attn`={self.attn!r} is not known; allowed: {list(ATTENTION_KINDS)}")
         split = self.embed_dim // self.num_heads
-        check(self.attn != "cga" or self.v_dim in (None, split),
+        check(self.attn != "cga" or set(self.per_segment("v_dim")) <= {None, split},
               f"`v_dim`={self.v_dim} must be None or `embed_dim` // `num_heads`={split} "
               f"when `attn`='cga' (each head's output is added to the next head's input)")
         check(self.token_policy in TOKEN_POLICIES,

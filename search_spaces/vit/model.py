@@ -18,6 +18,18 @@ from ..layers.attention import build_attention
 from ..layers.mlp import Mlp
 
 LN_EPS = 1e-6  # timm's ViT LayerNorm epsilon
+Width = int | float | None | tuple  # one value for every block, or one per segment of depth
+
+
+def segment_of(b: int, depth: int, segments: int) -> int:
+    """The segment of block ``b`` when ``depth`` blocks make ``segments`` equal segments
+    (as equal as whole blocks allow: the earlier segments take the extra blocks)."""
+    return b * segments // depth
+
+
+def at_block(value: Width, b: int, depth: int) -> int | float | None:
+    """Block ``b``'s value of a width given for every block or per segment (a tuple)."""
+    return value[segment_of(b, depth, len(value))] if isinstance(value, tuple) else value
 
 
 class PatchEmbed(nn.Module):
@@ -74,24 +86,26 @@ class Block(nn.Module):
 
 class VisionTransformer(nn.Module):
     """Class-token ViT: ``embed`` -> blocks -> ``forward_head``; ``forward`` returns logits.
+    ``qk_dim``, ``v_dim`` and ``mlp_ratio`` are one value for every block or a tuple of one
+    per segment of depth (:func:`segment_of`).
 
     ``weight_init="skip"`` leaves the weights as PyTorch made them: a subclass that adds
     modules calls :meth:`init_weights` once they exist (timm's convention).
     """
 
     def __init__(self, *, img_size: int, patch_size: int, in_chans: int, num_classes: int,
-                 embed_dim: int, depth: int, num_heads: int, qk_dim: int | None,
-                 v_dim: int | None, mlp_ratio: float, attn: str, sandwich: int,
-                 weight_init: str = "") -> None:
+                 embed_dim: int, depth: int, num_heads: int, qk_dim: Width, v_dim: Width,
+                 mlp_ratio: Width, attn: str, sandwich: int, weight_init: str = "") -> None:
         super().__init__()
         num_patches = (img_size // patch_size) ** 2
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
         self.blocks = nn.ModuleList(
-            Block(dim=embed_dim, num_heads=num_heads, qk_dim=qk_dim, v_dim=v_dim,
-                  mlp_ratio=mlp_ratio, attn=attn, sandwich=sandwich)
-            for _ in range(depth)
+            Block(dim=embed_dim, num_heads=num_heads, qk_dim=at_block(qk_dim, b, depth),
+                  v_dim=at_block(v_dim, b, depth), mlp_ratio=at_block(mlp_ratio, b, depth),
+                  attn=attn, sandwich=sandwich)
+            for b in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS)
         self.head = nn.Linear(embed_dim, num_classes)

@@ -15,12 +15,13 @@ from ..adaptive import Adaptive
 from ..config import ConfigError, check
 from ..dims import Choice, Dim, Fixed, IntRange, TrialLike
 from ..registry import SearchSpace, register
-from .config import PRESETS, TOKEN_POLICIES, ViTConfig
+from .config import PRESETS, SEGMENTED, TOKEN_POLICIES, ViTConfig
 from .model import VisionTransformer
 from .structure import ViTStructure
 from .weights import architecture_of_weights
 
 MAX_TOKENS = 1024  # most patch tokens a search domain may give (attention memory ~ tokens^2)
+MAX_SEGMENTS = 4  # most segments of depth a search may give their own widths
 
 
 # ------------------------------------------------------------------------------------ dims
@@ -37,6 +38,13 @@ DIMS: dict[str, Dim] = {
     "qk_dim": Choice((8, 16, 32, 64)),
     "v_dim": Choice((None, 16, 32, 64)),
     "mlp_ratio": Choice((2.0, 3.0, 4.0)),
+    # per-segment widths: with segments = S > 1, qk_dim_k / v_dim_k / mlp_ratio_k (k <= S)
+    # are drawn instead of qk_dim / v_dim / mlp_ratio (one for all blocks unless a spec says)
+    "segments": Fixed(1),
+    **{f"{name}_{k}": dim for k in range(1, MAX_SEGMENTS + 1)
+       for name, dim in (("qk_dim", Choice((8, 16, 32, 64))),
+                         ("v_dim", Choice((None, 16, 32, 64))),
+                         ("mlp_ratio", Choice((2.0, 3.0, 4.0))))},
     "attn": Choice(("mhsa", "cga")),
     "sandwich": Choice((0, 1)),
     "token_policy": Choice(TOKEN_POLICIES),
@@ -44,7 +52,10 @@ DIMS: dict[str, Dim] = {
 }
 # what trained weights fix (warm start): every knob but the token policy and its own knobs
 ARCHITECTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "qk_dim", "v_dim",
-                "mlp_ratio", "attn", "sandwich")
+                "mlp_ratio", "segments",
+                *(f"{n}_{k}" for k in range(1, MAX_SEGMENTS + 1) for n in SEGMENTED),
+                "attn", "sandwich")
+SPEC_DOMAINS = {"segments": IntRange(1, MAX_SEGMENTS)}  # what a spec may ask for
 
 
 def check_dims(dims: Mapping[str, Dim]) -> None:
@@ -60,15 +71,21 @@ def check_dims(dims: Mapping[str, Dim]) -> None:
     _check_divides(merged, "patch_size", "img_size")
     _check_divides(merged, "num_heads", "embed_dim")
     _check_tokens(merged)
+    _check_segments(merged)
     for name in merged["token_policy"].values():
         policy = policies.POLICIES.get(name)
         if policy is not None and policy.check_dims is not None:
             policy.check_dims(merged)
-    base = {name: dim.values()[0] for name, dim in merged.items()}
+    fields = {name: dim for name, dim in merged.items() if name not in _DRAW_ONLY}
+    base = {name: dim.values()[0] for name, dim in fields.items()}
     for name, dim in merged.items():
+        if name == "segments":
+            continue  # checked against depth above
+        # qk_dim_2 is a qk_dim
+        field = name.rsplit("_", 1)[0] if name in _DRAW_ONLY else name
         for value in dim.values():
-            values = {**base, name: value}
-            if name == "v_dim":
+            values = {**base, field: value}
+            if field == "v_dim":
                 values["attn"] = "mhsa"  # v_dim is drawn only for mhsa
             elif values["attn"] != "mhsa":
                 values["v_dim"] = None
@@ -77,6 +94,17 @@ def check_dims(dims: Mapping[str, Dim]) -> None:
             except ConfigError as err:
                 raise ConfigError(f"space.dims.{name}: value {value!r} gives an invalid "
                                   f"config: {err}") from None
+
+
+_DRAW_ONLY = {"segments", *(f"{n}_{k}" for k in range(1, MAX_SEGMENTS + 1) for n in SEGMENTED)}
+
+
+def _check_segments(dims: Mapping[str, Dim]) -> None:
+    """Every segment count must be at most every depth (each segment gets a block)."""
+    most, fewest = max(dims["segments"].values()), min(dims["depth"].values())
+    if most > fewest:
+        raise ConfigError(f"space.dims.segments: {most} segments need depth >= {most}; "
+                          f"space.dims.depth allows {fewest}")
 
 
 def _check_divides(dims: Mapping[str, Dim], small: str, big: str) -> None:
@@ -101,19 +129,31 @@ def _check_tokens(dims: Mapping[str, Dim]) -> None:
 # --------------------------------------------------------------------------- suggest, build
 def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> ViTConfig:
     """Draw one config. Conditional knobs: ``v_dim`` is drawn only when attn is "mhsa", a
-    token policy's own knobs (e.g. ``halt_*``) only for that policy."""
+    token policy's own knobs (e.g. ``halt_*``) only for that policy, the per-segment widths
+    (``qk_dim_k``, ...) instead of the shared ones when ``segments`` > 1."""
     attn = dims["attn"].suggest(trial, "attn")
     policy = dims["token_policy"].suggest(trial, "token_policy")
     own = policies.get(policy).suggest(trial, dims) if policy in policies.POLICIES else {}
+    segments = dims["segments"].suggest(trial, "segments")
+
+    def widths(name: str, drawn: bool = True) -> Any:
+        """One value for every block, or (segments > 1) one per segment."""
+        if not drawn:
+            return None
+        if segments == 1:
+            return dims[name].suggest(trial, name)
+        return tuple(dims[f"{name}_{k}"].suggest(trial, f"{name}_{k}")
+                     for k in range(1, segments + 1))
+
     return ViTConfig(
         img_size=dims["img_size"].suggest(trial, "img_size"),
         patch_size=dims["patch_size"].suggest(trial, "patch_size"),
         embed_dim=dims["embed_dim"].suggest(trial, "embed_dim"),
         depth=dims["depth"].suggest(trial, "depth"),
         num_heads=dims["num_heads"].suggest(trial, "num_heads"),
-        qk_dim=dims["qk_dim"].suggest(trial, "qk_dim"),
-        v_dim=dims["v_dim"].suggest(trial, "v_dim") if attn == "mhsa" else None,
-        mlp_ratio=dims["mlp_ratio"].suggest(trial, "mlp_ratio"),
+        qk_dim=widths("qk_dim"),
+        v_dim=widths("v_dim", attn == "mhsa"),
+        mlp_ratio=widths("mlp_ratio"),
         attn=attn,
         sandwich=dims["sandwich"].suggest(trial, "sandwich"),
         token_policy=policy,
@@ -122,10 +162,17 @@ def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> ViTConfig:
 
 
 def params(config: ViTConfig) -> dict[str, Any]:
-    """Every knob's value in ``config`` (each field is the knob of its name): the inverse of
-    :func:`suggest`, which draws ``v_dim`` and a policy's knobs only under their conditions
-    (the registry keeps the knobs a draw asks for)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    """Every knob's value in ``config`` (each field is the knob of its name; a per-segment
+    width also as ``{name}_{k}``, a shared one as that for every k): the inverse of
+    :func:`suggest`, which draws ``v_dim``, the per-segment widths and a policy's knobs only
+    under their conditions (the registry keeps the knobs a draw asks for)."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    values["segments"] = config.segments()
+    for name in SEGMENTED:
+        value = getattr(config, name)
+        every = value if isinstance(value, tuple) else (value,) * MAX_SEGMENTS
+        values.update({f"{name}_{k}": v for k, v in enumerate(every, start=1)})
+    return values
 
 
 def adaptive(config: ViTConfig) -> Adaptive | None:
@@ -161,6 +208,7 @@ register(SearchSpace(
     budget_knobs={name: knob for policy in policies.POLICIES.values()
                   for name, knob in policy.budget_knobs.items()},
     architecture=ARCHITECTURE,
+    spec_domains=SPEC_DOMAINS,
     weights_architecture_fn=architecture_of_weights,
     structure_cls=ViTStructure,
     description="Isotropic ViT/DeiT (class token, learned positions) with per-head Q/K and V "

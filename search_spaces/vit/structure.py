@@ -9,10 +9,12 @@ Q/K and V groups are head-major: group ``head * width + c`` is channel c of that
 channels are per head, so pruning may keep different channel indices in different heads). The
 Q and K channels of one index form one group: q.k needs both.
 
-A config has one width per field (one ``num_heads``, ``qk_dim``, ``v_dim``, ``mlp_ratio`` and
-``depth`` for all blocks), so the kept COUNT of a component is ``round(keep * count)`` (at
-least 1) for every block; the FFN width is ``int(embed_dim * mlp_ratio)``, and the new
-``mlp_ratio`` is chosen (up to the next float) so that this is exactly the kept count.
+A config has one ``num_heads`` and ``depth``, and ``qk_dim``, ``v_dim`` and ``mlp_ratio`` for
+all blocks or per segment of depth, so pruning keeps ``round(keep * count)`` (at least 1) of a
+component in every block of a segment; the FFN width is ``int(embed_dim * mlp_ratio)``, and
+the new ``mlp_ratio`` is chosen (up to the next float) so that this is exactly the kept count.
+Slicing to a config of other per-segment widths (inheritance) reads each kept block's widths
+at its place in the new depth.
 
 Cascaded group attention (``attn="cga"``) cannot lose heads or V channels: head i reads input
 chunk i of ``dim / heads`` channels (another head count re-splits the input rather than
@@ -25,7 +27,8 @@ answer with more logits (``TokenPolicy.answers``: every exit of a cascade).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -64,7 +67,8 @@ def heads_free_capacity(config: Any) -> bool:
     """Whether fewer heads shrink a ViT's attention: not when every per-head width is
     embed_dim // heads (qk_dim None, and v_dim None or cascaded group attention, whose value
     width is the split), where each head just gets wider."""
-    return config.qk_dim is not None or (config.attn == "mhsa" and config.v_dim is not None)
+    return (any(v is not None for v in config.per_segment("qk_dim"))
+            or (config.attn == "mhsa" and any(v is not None for v in config.per_segment("v_dim"))))
 
 
 def exact_ratio(dim: int, hidden: int) -> float:
@@ -111,19 +115,26 @@ class ViTStructure(Structure):
 
     def pruned(self, ratios: Mapping[str, float]) -> Config:
         config = self.config
-        qk, v = config.qk_dim or split(config), config.v_dim or split(config)
         heads = kept_count(config.num_heads, ratios.get("heads", 1.0))
-        new_qk, new_v = kept_count(qk, ratios.get("qk", 1.0)), kept_count(v, ratios.get("v", 1.0))
         changes: dict[str, Any] = {}
-        if heads != config.num_heads:  # None would mean embed_dim // heads: widths explicit
-            changes.update(num_heads=heads, qk_dim=new_qk, v_dim=new_v)
-        else:  # an unchanged width keeps its spelling (None stays None)
-            changes.update(qk_dim=new_qk if new_qk != qk else config.qk_dim,
-                           v_dim=new_v if new_v != v else config.v_dim)
-        hidden = int(config.embed_dim * config.mlp_ratio)
-        new_hidden = kept_count(hidden, ratios.get("ffn", 1.0))
-        if new_hidden != hidden:
-            changes["mlp_ratio"] = exact_ratio(config.embed_dim, new_hidden)
+        for name, comp in (("qk_dim", "qk"), ("v_dim", "v")):
+            given = config.per_segment(name)
+            if name == "v_dim" and config.attn != "mhsa":
+                continue  # the split, always
+            new = tuple(kept_count(v or split(config), ratios.get(comp, 1.0)) for v in given)
+            if heads == config.num_heads:  # an unchanged width keeps its spelling (None)
+                new = tuple(n if n != (v or split(config)) else v for n, v in zip(
+                    new, given, strict=True))
+            changes[name] = _one_or_each(new)  # fewer heads: widths explicit
+        if heads != config.num_heads:
+            changes["num_heads"] = heads
+        ratios_ffn = []
+        for ratio in config.per_segment("mlp_ratio"):
+            hidden = int(config.embed_dim * ratio)
+            new_hidden = kept_count(hidden, ratios.get("ffn", 1.0))
+            ratios_ffn.append(ratio if new_hidden == hidden
+                              else exact_ratio(config.embed_dim, new_hidden))
+        changes["mlp_ratio"] = _one_or_each(tuple(ratios_ffn))
         depth = kept_count(config.depth, ratios.get("depth", 1.0))
         if depth != config.depth:
             changes["depth"] = depth
@@ -133,28 +144,50 @@ class ViTStructure(Structure):
         """qk_dim and v_dim as numbers (v_dim stays None for cascaded group attention, whose
         value width is always the split)."""
         config = self.config
-        return config.replace(qk_dim=config.qk_dim or split(config),
-                              v_dim=(config.v_dim or split(config)) if config.attn == "mhsa"
-                              else config.v_dim)
+        qk = tuple(v or split(config) for v in config.per_segment("qk_dim"))
+        v = tuple(w or split(config) for w in config.per_segment("v_dim"))
+        return config.replace(qk_dim=_one_or_each(qk),
+                              v_dim=_one_or_each(v) if config.attn == "mhsa" else config.v_dim)
 
     def kept(self, new: Config, name: str, group: Groups,
              state: Mapping[str, torch.Tensor]) -> int:
         comp = component(name)
+        if comp == "depth":
+            return new.depth
+        widths = new.block(block_of(name))
         if comp == "ffn":  # the FFN's input width: fc1's weight is (hidden, width)
-            return int(state[group.parts[0].key].shape[1] * new.mlp_ratio)
+            return int(state[group.parts[0].key].shape[1] * widths["mlp_ratio"])
         return {"heads": new.num_heads if new.attn == "mhsa" else group.size,
-                "qk": new.qk_dim or split(new), "v": new.v_dim or split(new),
-                "depth": new.depth}[comp]
+                "qk": widths["qk_dim"] or split(new), "v": widths["v_dim"] or split(new)}[comp]
 
-    def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config) -> None:
-        width = new.qk_dim or split(new)
+    def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config,
+                rename: Callable[[str], str | None]) -> None:
         for name, module in model.named_modules():
+            if not isinstance(module, (MultiHeadAttention, TokenCGA)):
+                continue
+            place = rename(name)
+            if place is None:
+                continue  # a dropped block
+            width = new.block(block_of(place))["qk_dim"] or split(new)
             if isinstance(module, MultiHeadAttention):
                 scale_rows(state, linear(f"{name}.qkv"), module.num_heads * module.qk_dim,
                            module.qk_dim, width)
-            elif isinstance(module, TokenCGA):
+            else:
                 keys = [k for i in range(module.num_heads) for k in linear(f"{name}.qkvs.{i}")]
                 scale_rows(state, keys, module.qk_dim, module.qk_dim, width)
+
+
+def _one_or_each(values: tuple) -> Any:
+    """One value for every segment, or the tuple of them."""
+    return values[0] if len(values) == 1 else values
+
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)")
+
+
+def block_of(name: str) -> int:
+    """The block index in a group or module name (its last ``blocks.{b}``)."""
+    return int(_BLOCK.findall(name)[-1])
 
 
 def _blocks(root: nn.Module, prefix: str, vit: VisionTransformer) -> dict[str, Groups]:

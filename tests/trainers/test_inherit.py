@@ -42,6 +42,10 @@ CUTS = [
     ("mhsa", {"num_heads": 1, "qk_dim": 4, "v_dim": 4}),  # one head, widths spelled out
     ("mhsa-sandwich", {"qk_dim": 3, "v_dim": 1, "mlp_ratio": 1.0, "depth": 1}),
     ("cga", {"qk_dim": 2, "mlp_ratio": 1.5, "depth": 2}),
+    # per-segment widths: the kept blocks take the widths of their place in the new depth
+    ("mhsa", {"qk_dim": (4, 2), "v_dim": (1, 4), "mlp_ratio": (4.0, 1.0), "depth": 2}),
+    ("cga-sandwich", {"qk_dim": (6, 2, 1), "mlp_ratio": (4.0, 2.0, 1.0)}),
+    ("mhsa-segments", {"qk_dim": (2, 3), "v_dim": (2, 1), "depth": 2}),
     ("cga-sandwich", {"qk_dim": 1, "depth": 2}),
     ("efficientvit", {"key_dim": 2, "depths": (1, 2), "ffn_ratio": 1.0}),
     ("efficientvit-sandwich2", {"key_dim": 1, "depths": (1, 1), "ffn_ratio": 1.5}),

@@ -37,6 +37,8 @@ CONFIGS = {
     "mhsa-sandwich": VIT.replace(sandwich=1, qk_dim=5, v_dim=3),
     "cga": VIT.replace(attn="cga"),
     "cga-sandwich": VIT.replace(attn="cga", sandwich=1, qk_dim=6),
+    "mhsa-segments": VIT.replace(qk_dim=(4, 3), v_dim=(2, 4), mlp_ratio=(4.0, 2.0)),
+    "cga-segments": VIT.replace(attn="cga", qk_dim=(3, 5), mlp_ratio=(2.0, 3.0)),
     "efficientvit": EVIT,
     "efficientvit-sandwich0": EVIT.replace(sandwich=0),
     "efficientvit-sandwich2": EVIT.replace(sandwich=2, v_ratio=0.5),
@@ -99,11 +101,12 @@ def _mask_vit(model: nn.Module, pruned, config: ViTConfig, prefix: str = "") -> 
     """Zero what pruning drops (with the ORIGINAL attention scale) and replace dropped blocks
     by identities: the function the pruned model must compute. ``prefix``: where ``model``
     sits in the pruned one (a cascade's earlier stage)."""
-    qk = config.qk_dim or config.embed_dim // config.num_heads
-    v = config.v_dim or config.embed_dim // config.num_heads
     h = config.num_heads
     with torch.no_grad():
         for b, block in enumerate(model.blocks):
+            widths = config.block(b)  # per segment of depth, or the same for every block
+            qk = widths["qk_dim"] or config.embed_dim // config.num_heads
+            v = widths["v_dim"] or config.embed_dim // config.num_heads
             kept = {c: set(pruned.kept[f"{prefix}blocks.{b}.attn.{c}"].tolist())
                     for c in ("heads", "qk", "v")}
             if config.attn == "mhsa":
@@ -164,6 +167,8 @@ def _zero_hidden(ffn: nn.Module, kept: torch.Tensor) -> None:
 @pytest.mark.parametrize(("name", "keep"), [
     ("mhsa", {"heads": 0.67, "qk": 0.5, "v": 0.75, "ffn": 0.3, "depth": 0.67}),
     ("mhsa-sandwich", {"heads": 0.34, "qk": 0.4, "v": 0.67, "ffn": 0.5}),
+    ("mhsa-segments", {"heads": 0.67, "qk": 0.5, "v": 0.5, "ffn": 0.5, "depth": 0.67}),
+    ("cga-segments", {"qk": 0.67, "ffn": 0.5}),
     ("cga", {"qk": 0.5, "ffn": 0.25, "depth": 0.34}),
     ("cga-sandwich", {"qk": 0.34, "ffn": 0.6}),
     ("efficientvit", {"qk": 0.5, "ffn": 0.4, "depth": 0.67}),
