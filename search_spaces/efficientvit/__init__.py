@@ -15,6 +15,9 @@ Generalisations searched here, each reducing to the paper at its default:
 - ``v_ratio``: value dim per head = round(v_ratio * width / heads) (paper: 1.0); see
   :class:`~search_spaces.layers.cga.GroupAttention` for the cascade when it differs.
 - ``ffn_ratio``: hidden width of every FFN, those around PatchMerging included (paper: 2.0).
+- ``key_dim``, ``v_ratio``, ``ffn_ratio`` per stage (a tuple; ``stage_widths`` in a search):
+  the paper's Taylor-pruning finding is that Q/K and FFN widths belong stage by stage. A
+  stage's downsample FFNs (around the PatchMerging that starts it) take that stage's ratio.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .structure import EfficientViTStructure
 KIND = "efficientvit"
 STEM_STRIDES = (4, 8, 16)
 MAX_STAGES = 4
+PER_STAGE = ("key_dim", "v_ratio", "ffn_ratio")  # one for every stage, or one per stage
 
 
 # -------------------------------------------------------------------------- config + presets
@@ -74,7 +78,9 @@ def _check_kernels(kernels: tuple[int, ...], max_heads: int) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EfficientViTConfig(Config):
-    """One EfficientViT architecture. Per-stage tuples have one entry per stage (1 to 4)."""
+    """One EfficientViT architecture. Per-stage tuples have one entry per stage (1 to 4);
+    ``key_dim``, ``v_ratio`` and ``ffn_ratio`` are one value for every stage or such a tuple
+    (EfficientViT's finding: Q/K and FFN widths are best reallocated stage by stage)."""
 
     KIND: ClassVar[str] = "efficientvit"
 
@@ -83,9 +89,9 @@ class EfficientViTConfig(Config):
     embed_dims: tuple[int, ...] = (64, 128, 192)
     depths: tuple[int, ...] = (1, 2, 3)
     num_heads: tuple[int, ...] = (4, 4, 4)
-    key_dim: int = 16  # Q and K dim per head
-    v_ratio: float = 1.0  # V dim per head = round(v_ratio * width / heads)
-    ffn_ratio: float = 2.0
+    key_dim: int | tuple[int, ...] = 16  # Q and K dim per head
+    v_ratio: float | tuple[float, ...] = 1.0  # V dim per head = round(v_ratio * width / heads)
+    ffn_ratio: float | tuple[float, ...] = 2.0
     sandwich: int = 1  # DW+FFN pairs on each side of the attention: FFN blocks per attention
     kernels: tuple[int, ...] = (5, 5, 5, 5)  # per-head kernel of the depthwise conv on Q
     window_size: int = 7
@@ -94,7 +100,7 @@ class EfficientViTConfig(Config):
         for name in ("embed_dims", "depths", "num_heads", "kernels"):
             value = getattr(self, name)
             check(isinstance(value, tuple), f"`{name}`={value!r} must be a tuple")
-        for name in ("img_size", "key_dim", "window_size"):
+        for name in ("img_size", "window_size"):
             check_int(name, getattr(self, name), 1)
         check(type(self.stem_stride) is int and self.stem_stride in STEM_STRIDES,
               f"`stem_stride`={self.stem_stride!r} must be one of {STEM_STRIDES}")
@@ -104,19 +110,43 @@ class EfficientViTConfig(Config):
         for name in ("depths", "num_heads"):
             m = len(getattr(self, name))
             check(m == n, f"`{name}` has {m} entries but `embed_dims` has {n}: give one per stage")
-        for name in ("v_ratio", "ffn_ratio"):
+        for name in PER_STAGE:
             value = getattr(self, name)
-            check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-                  f"`{name}`={value!r} must be a number > 0")
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+                value = tuple(value)
+            check(not isinstance(value, tuple) or len(value) == n,
+                  f"`{name}`={value!r} gives {len(value) if isinstance(value, tuple) else 1} "
+                  f"values; give one for every stage or one per stage ({n})")
+        for i in range(n):
+            stage = self.stage(i)
+            check_int("key_dim", stage["key_dim"], 1)
+            for name in ("v_ratio", "ffn_ratio"):
+                value = stage[name]
+                check(isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and value > 0, f"`{name}`={getattr(self, name)!r} must be a number > 0 "
+                      "(or a tuple of them, one per stage)")
         check_int("sandwich", self.sandwich, 0)
         for i in range(n):
             check_int(f"depths[{i}]", self.depths[i], 1)
-            _check_stage(i, self.embed_dims[i], self.num_heads[i], self.v_ratio, self.ffn_ratio)
+            stage = self.stage(i)
+            _check_stage(i, self.embed_dims[i], self.num_heads[i], stage["v_ratio"],
+                         stage["ffn_ratio"])
         _check_kernels(self.kernels, max(self.num_heads))
 
+    def stage(self, i: int) -> dict[str, Any]:
+        """Stage ``i``'s ``key_dim``, ``v_ratio`` and ``ffn_ratio`` (each is one value for
+        every stage, or a tuple of one per stage)."""
+        return {name: (v[i] if isinstance(v, tuple) else v)
+                for name in PER_STAGE for v in (getattr(self, name),)}
+
+    def per_stage(self, name: str) -> tuple:
+        """Field ``name`` (one of :data:`PER_STAGE`) for each stage."""
+        return tuple(self.stage(i)[name] for i in range(len(self.embed_dims)))
+
     def value_dims(self) -> tuple[int, ...]:
-        pairs = zip(self.embed_dims, self.num_heads, strict=True)
-        return tuple(value_dim(w, h, self.v_ratio) for w, h in pairs)
+        return tuple(value_dim(w, h, self.stage(i)["v_ratio"]) for i, (w, h) in enumerate(
+            zip(self.embed_dims, self.num_heads, strict=True)))
 
     def resolutions(self) -> tuple[int, ...]:
         return stage_resolutions(self.img_size, self.stem_stride, len(self.embed_dims))
@@ -153,10 +183,24 @@ DIMS: dict[str, Dim] = {
     "key_dim": Choice((8, 16, 32)),
     "v_ratio": Choice((0.5, 1.0)),
     "ffn_ratio": Choice((2.0, 3.0, 4.0)),
+    # with stage_widths true: key_dim_k / v_ratio_k / ffn_ratio_k per stage instead (false
+    # unless a spec asks: SPEC_DOMAINS)
+    "stage_widths": Fixed(False),
+    **{f"key_dim_{k}": Choice((8, 16, 32)) for k in range(1, MAX_STAGES + 1)},
+    **{f"v_ratio_{k}": Choice((0.5, 1.0)) for k in range(1, MAX_STAGES + 1)},
+    **{f"ffn_ratio_{k}": Choice((2.0, 3.0, 4.0)) for k in range(1, MAX_STAGES + 1)},
     "sandwich": Choice((1, 2)),
     "kernels": Choice(("5,5,5,5", "7,5,3,3", "3,3,3,3")),
     "window_size": Choice((4, 7)),
 }
+
+
+# what a spec may choose beyond the defaults: per-stage widths, and the narrower widths an
+# inherited search cuts a parent to
+_NARROW = {"key_dim": Choice((2, 4, 8, 16, 24, 32)), "v_ratio": Choice((0.25, 0.5, 0.75, 1.0)),
+           "ffn_ratio": Choice((0.5, 1.0, 1.5, 2.0, 3.0, 4.0))}
+SPEC_DOMAINS = {"stage_widths": Choice((False, True)), **_NARROW,
+                **{f"{n}_{k}": d for n, d in _NARROW.items() for k in range(1, MAX_STAGES + 1)}}
 
 
 def parse_kernels(value: str | Sequence[int]) -> tuple[int, ...]:
@@ -173,21 +217,28 @@ def parse_kernels(value: str | Sequence[int]) -> tuple[int, ...]:
 
 
 def suggest(trial: TrialLike, dims: Mapping[str, Dim]) -> EfficientViTConfig:
-    """Draw one config, define-by-run: per-stage knobs ``*_k`` only for k <= num_stages."""
+    """Draw one config, define-by-run: per-stage knobs ``*_k`` only for k <= num_stages;
+    ``key_dim_k``/``v_ratio_k``/``ffn_ratio_k`` instead of the shared ones when
+    ``stage_widths`` is true."""
 
     def draw(name: str) -> Any:
         return dims[name].suggest(trial, name)
 
     stages = range(1, draw("num_stages") + 1)
+    each = draw("stage_widths")
+
+    def widths(name: str) -> Any:
+        return tuple(draw(f"{name}_{k}") for k in stages) if each else draw(name)
+
     return EfficientViTConfig(
         img_size=draw("img_size"),
         stem_stride=draw("stem_stride"),
         embed_dims=tuple(draw(f"width_{k}") for k in stages),
         depths=tuple(draw(f"depth_{k}") for k in stages),
         num_heads=tuple(draw(f"heads_{k}") for k in stages),
-        key_dim=draw("key_dim"),
-        v_ratio=draw("v_ratio"),
-        ffn_ratio=draw("ffn_ratio"),
+        key_dim=widths("key_dim"),
+        v_ratio=widths("v_ratio"),
+        ffn_ratio=widths("ffn_ratio"),
         sandwich=draw("sandwich"),
         kernels=parse_kernels(draw("kernels")),
         window_size=draw("window_size"),
@@ -200,15 +251,19 @@ def params(config: EfficientViTConfig) -> dict[str, Any]:
     for k, stage in enumerate(zip(config.embed_dims, config.depths, config.num_heads,
                                   strict=True), start=1):
         stages |= dict(zip((f"width_{k}", f"depth_{k}", f"heads_{k}"), stage, strict=True))
-    return {**{k: getattr(config, k) for k in _SAFE_KNOBS}, **stages,  # the global knobs
-            "kernels": ",".join(map(str, config.kernels))}
+        stages |= {f"{name}_{k}": value for name, value in config.stage(k - 1).items()}
+    each = any(isinstance(getattr(config, name), tuple) for name in PER_STAGE)
+    shared = {name: config.stage(0)[name] for name in PER_STAGE}  # drawn when not ``each``
+    return {**{k: getattr(config, k) for k in _SAFE_KNOBS}, **shared, **stages,
+            "stage_widths": each, "kernels": ",".join(map(str, config.kernels))}
 
 
 # What a probe (see check_dims) uses for the knobs it does not vary: a valid 1-stage config.
 _SAFE_KNOBS: dict[str, Any] = {"img_size": 224, "stem_stride": 16, "key_dim": 16,
                                "v_ratio": 1.0, "ffn_ratio": 2.0, "sandwich": 1,
                                "kernels": "5,5,5,5", "window_size": 7}
-_SAFE_STAGE: dict[str, Any] = {"width": 64, "depth": 1, "heads": 1}
+_SAFE_STAGE: dict[str, Any] = {"width": 64, "depth": 1, "heads": 1, "key_dim": 16,
+                               "v_ratio": 1.0, "ffn_ratio": 2.0}
 
 
 def _stage_of(name: str) -> int:
@@ -224,7 +279,9 @@ def _probe(name: str, value: Any) -> EfficientViTConfig:
     """
     knobs = {**_SAFE_KNOBS}
     stages = [_SAFE_STAGE]
-    if name == "num_stages":
+    if name == "stage_widths":
+        check(isinstance(value, bool), f"`stage_widths`={value!r} must be true or false")
+    elif name == "num_stages":
         check_int("num_stages", value, 1)
         check(value <= MAX_STAGES, f"`num_stages`={value} must be at most {MAX_STAGES}")
         stages = stages * value
@@ -236,7 +293,9 @@ def _probe(name: str, value: Any) -> EfficientViTConfig:
         if kind == "heads" and type(value) is int and value >= 1:
             stages[-1]["width"] = 8 * value
             knobs["kernels"] = (3,) * value
-    return EfficientViTConfig(**{**knobs, "kernels": parse_kernels(knobs["kernels"])},
+    own = {n: tuple(st[n] for st in stages) for n in PER_STAGE} if any(
+        st[n] != _SAFE_STAGE[n] for st in stages for n in PER_STAGE) else {}
+    return EfficientViTConfig(**{**knobs, "kernels": parse_kernels(knobs["kernels"]), **own},
                               embed_dims=tuple(st["width"] for st in stages),
                               depths=tuple(st["depth"] for st in stages),
                               num_heads=tuple(st["heads"] for st in stages))
@@ -278,10 +337,16 @@ def _check_combinations(dims: Mapping[str, Dim]) -> None:
     max_heads = max(max(dims[f"heads_{k}"].values()) for k in stages)
     for kernels in dims["kernels"].values():
         _check_kernels(parse_kernels(kernels), max_heads)
+    each = dims["stage_widths"].values()
+
+    def options(name: str, k: int) -> list[Any]:  # what stage k may get: shared or its own
+        return [*(dims[name].values() if False in each else ()),
+                *(dims[f"{name}_{k}"].values() if True in each else ())]
+
     for k in stages:
         for w, h, vr, fr in itertools.product(
                 dims[f"width_{k}"].values(), dims[f"heads_{k}"].values(),
-                dims["v_ratio"].values(), dims["ffn_ratio"].values()):
+                options("v_ratio", k), options("ffn_ratio", k)):
             _check_stage(k - 1, w, h, vr, fr)
 
 
@@ -290,8 +355,9 @@ def build(config: EfficientViTConfig, *, num_classes: int, in_chans: int = 3) ->
     return EfficientViT(
         in_chans=in_chans, num_classes=num_classes, img_size=config.img_size,
         stem_stride=config.stem_stride, embed_dims=config.embed_dims, depths=config.depths,
-        num_heads=config.num_heads, key_dim=config.key_dim, value_dims=config.value_dims(),
-        ffn_ratio=config.ffn_ratio, sandwich=config.sandwich, kernels=config.kernels,
+        num_heads=config.num_heads, key_dims=config.per_stage("key_dim"),
+        value_dims=config.value_dims(), ffn_ratios=config.per_stage("ffn_ratio"),
+        sandwich=config.sandwich, kernels=config.kernels,
         window_size=config.window_size,
     )
 
@@ -306,6 +372,7 @@ register(SearchSpace(
     check_fn=check_dims,
     params_fn=params,
     structure_cls=EfficientViTStructure,
+    spec_domains=SPEC_DOMAINS,
     description="EfficientViT (MSRA, CVPR 2023): hierarchical sandwich blocks with cascaded "
                 "group attention in windows; presets m0..m5",
 ))

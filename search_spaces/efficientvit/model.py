@@ -65,6 +65,8 @@ def stage_resolutions(img_size: int, stem_stride: int, num_stages: int) -> tuple
 # ----------------------------------------------------------------------------------- model
 class EfficientViT(nn.Module):
     """Stem -> stages (stage i > 0 starts with :func:`downsample`) -> avg pool -> BN + Linear.
+    ``key_dims``, ``value_dims`` and ``ffn_ratios`` have one entry per stage (a stage's
+    downsample FFNs take its ratio).
 
     ``forward`` returns logits (B, num_classes). Inputs of another size than ``img_size``
     work too (windows pad); ``img_size`` only sets each stage's window (<= its resolution).
@@ -72,19 +74,20 @@ class EfficientViT(nn.Module):
 
     def __init__(self, *, in_chans: int, num_classes: int, img_size: int, stem_stride: int,
                  embed_dims: Sequence[int], depths: Sequence[int], num_heads: Sequence[int],
-                 key_dim: int, value_dims: Sequence[int], ffn_ratio: float, sandwich: int,
-                 kernels: Sequence[int], window_size: int) -> None:
+                 key_dims: Sequence[int], value_dims: Sequence[int],
+                 ffn_ratios: Sequence[float], sandwich: int, kernels: Sequence[int],
+                 window_size: int) -> None:
         super().__init__()
         self.patch_embed = stem(in_chans, embed_dims[0], stem_stride)
         sides = stage_resolutions(img_size, stem_stride, len(embed_dims))
         stages = []
         for i, dim in enumerate(embed_dims):
-            blocks = [EfficientViTBlock(dim, key_dim=key_dim, num_heads=num_heads[i],
-                                        value_dim=value_dims[i], ffn_ratio=ffn_ratio,
+            blocks = [EfficientViTBlock(dim, key_dim=key_dims[i], num_heads=num_heads[i],
+                                        value_dim=value_dims[i], ffn_ratio=ffn_ratios[i],
                                         sandwich=sandwich, resolution=sides[i],
                                         window_size=window_size, kernels=kernels)
                       for _ in range(depths[i])]
-            down = downsample(embed_dims[i - 1], dim, ffn_ratio) if i else nn.Identity()
+            down = downsample(embed_dims[i - 1], dim, ffn_ratios[i]) if i else nn.Identity()
             stages.append(nn.Sequential(OrderedDict(downsample=down,
                                                     blocks=nn.Sequential(*blocks))))
         self.stages = nn.Sequential(*stages)

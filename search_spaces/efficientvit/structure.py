@@ -6,11 +6,12 @@ Group names, in forward order: ``stages.{s}.downsample.res1.hidden`` and ``.res2
 Q/K and V groups are head-major, as ViT's; a Q channel of the window attention also owns its
 channel of the depthwise conv (and BN) that filters q.
 
-A config has one ``key_dim`` and ``ffn_ratio`` for all stages and ``depths`` per stage: the
-kept Q/K count is uniform over every block of every stage, the depth count per stage, and an
-FFN keeps ``round(width * keep * ffn_ratio)`` (the ratio is global, so the count follows each
-FFN's width). Heads and V channels stay whole: the window attention is cascaded group
-attention (head i reads input chunk i; its output is added to head i+1's input).
+A config has ``key_dim`` and ``ffn_ratio`` for all stages or one per stage, and ``depths``
+per stage: pruning keeps its share of Q/K in every block of a stage, the depth count per
+stage, and an FFN keeps ``round(width * keep * ffn_ratio)`` (its stage's ratio, so the count
+follows each FFN's width; a stage's downsample FFNs take that stage's ratio). Heads and V
+channels stay whole: the window attention is cascaded group attention (head i reads input
+chunk i; its output is added to head i+1's input).
 PatchMerging's fixed 4x hidden width is not pruned (no config field expresses it).
 """
 
@@ -79,13 +80,21 @@ class EfficientViTStructure(Structure):
 
     def pruned(self, ratios: Mapping[str, float]) -> Config:
         config = self.config
-        changes: dict[str, Any] = {}
-        key_dim = kept_count(config.key_dim, ratios.get("qk", 1.0))
-        if key_dim != config.key_dim:
-            changes["key_dim"] = key_dim
-        if ratios.get("ffn", 1.0) != 1.0:  # round(w * r) >= 1 for every width w
-            ratio = max(config.ffn_ratio * ratios["ffn"], 1 / min(config.embed_dims))
-            changes["ffn_ratio"] = _short_ratio(ratio, config.embed_dims)
+        n = len(config.embed_dims)
+        key_dims = tuple(kept_count(kd, ratios.get("qk", 1.0))
+                         for kd in config.per_stage("key_dim"))
+        ffn = ratios.get("ffn", 1.0)
+        ffn_ratios = config.per_stage("ffn_ratio") if ffn == 1.0 else tuple(
+            # round(w * r) >= 1 for every width w the stage's FFNs have
+            _short_ratio(max(r * ffn, 1 / min(_ffn_widths(config, i))), _ffn_widths(config, i))
+            for i, r in enumerate(config.per_stage("ffn_ratio")))
+        if not isinstance(config.ffn_ratio, tuple) and ffn != 1.0:  # one ratio for all stages
+            widths = [w for i in range(n) for w in _ffn_widths(config, i)]
+            ffn_ratios = (_short_ratio(max(config.ffn_ratio * ffn, 1 / min(widths)), widths),) * n
+        changes: dict[str, Any] = {
+            "key_dim": _same_form(config.key_dim, key_dims),
+            "ffn_ratio": _same_form(config.ffn_ratio, ffn_ratios),
+        }
         depths = tuple(kept_count(d, ratios.get("depth", 1.0)) for d in config.depths)
         if depths != config.depths:
             changes["depths"] = depths
@@ -93,28 +102,46 @@ class EfficientViTStructure(Structure):
 
     def kept(self, new: Config, name: str, group: Groups,
              state: Mapping[str, torch.Tensor]) -> int:
-        comp = component(name)
+        comp, index = component(name), int(name.split(".")[1])
+        if index >= len(new.embed_dims):
+            raise ValueError(f"{name}: the {new.KIND} config has {len(new.embed_dims)} stages")
+        stage = new.stage(index)
         if comp == "ffn":  # the FFN's input width: pw1's weight is (hidden, width, 1, 1)
-            return ffn_hidden(state[group.parts[0].key].shape[1], new.ffn_ratio)
+            return ffn_hidden(state[group.parts[0].key].shape[1], stage["ffn_ratio"])
         if comp == "depth":
-            return new.depths[int(name.split(".")[1])]
-        return {"heads": group.size, "qk": new.key_dim, "v": group.size // group.heads}[comp]
+            return new.depths[index]
+        return {"heads": group.size, "qk": stage["key_dim"],
+                "v": group.size // group.heads}[comp]
 
     def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config,
                 rename: Callable[[str], str | None]) -> None:
         """The query's depthwise BN: its affine output is linear in its weight and bias."""
         for name, module in model.named_modules():
-            if isinstance(module, WindowCGA):
+            if isinstance(module, WindowCGA) and rename(name) is not None:
                 keys = [f"{name}.dws.{i}.bn.{p}" for i in range(module.num_heads)
                         for p in ("weight", "bias")]
-                scale_rows(state, keys, module.key_dim, module.key_dim, new.key_dim)
+                width = new.stage(int(name.split(".")[1]))["key_dim"]
+                scale_rows(state, keys, module.key_dim, module.key_dim, width)
 
     def build_key(self) -> str:
         """ffn_ratio counts only through the FFN widths it gives (a bisection visits many
         ratios of one structure)."""
         data = self.config.to_dict()
-        data["ffn_ratio"] = [ffn_hidden(w, self.config.ffn_ratio) for w in self.config.embed_dims]
+        data["ffn_ratio"] = [[ffn_hidden(w, self.config.stage(i)["ffn_ratio"])
+                              for w in _ffn_widths(self.config, i)]
+                             for i in range(len(self.config.embed_dims))]
         return f"{self.config.KIND}:{json.dumps(data, sort_keys=True)}"
+
+
+def _ffn_widths(config: Any, i: int) -> tuple[int, ...]:
+    """The input widths of stage i's FFNs: its own, and the previous stage's (the FFN before
+    its PatchMerging)."""
+    return (config.embed_dims[i],) + ((config.embed_dims[i - 1],) if i else ())
+
+
+def _same_form(old: Any, values: tuple) -> Any:
+    """``values`` (one per stage) as ``old`` was given: one for all stages, or per stage."""
+    return values if isinstance(old, tuple) else values[0]
 
 
 def _short_ratio(ratio: float, widths: Sequence[int]) -> float:

@@ -15,6 +15,7 @@ STATIC = "static"  # the token_policy of a model without one
 TOKEN_POLICIES = (STATIC, *policies.names())
 _INT_FIELDS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "sandwich")
 SEGMENTED = ("qk_dim", "v_dim", "mlp_ratio")  # per segment of depth, or one for all blocks
+MAX_SEGMENTS = 4  # most segments of depth a search may give their own widths
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -15,13 +15,12 @@ from ..adaptive import Adaptive
 from ..config import ConfigError, check
 from ..dims import Choice, Dim, Fixed, IntRange, TrialLike
 from ..registry import SearchSpace, register
-from .config import PRESETS, SEGMENTED, TOKEN_POLICIES, ViTConfig
+from .config import MAX_SEGMENTS, PRESETS, SEGMENTED, TOKEN_POLICIES, ViTConfig
 from .model import VisionTransformer
 from .structure import ViTStructure
 from .weights import architecture_of_weights
 
 MAX_TOKENS = 1024  # most patch tokens a search domain may give (attention memory ~ tokens^2)
-MAX_SEGMENTS = 4  # most segments of depth a search may give their own widths
 
 
 # ------------------------------------------------------------------------------------ dims
@@ -55,7 +54,13 @@ ARCHITECTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "qk
                 "mlp_ratio", "segments",
                 *(f"{n}_{k}" for k in range(1, MAX_SEGMENTS + 1) for n in SEGMENTED),
                 "attn", "sandwich")
-SPEC_DOMAINS = {"segments": IntRange(1, MAX_SEGMENTS)}  # what a spec may ask for
+# what a spec may choose beyond the defaults: per-segment widths, and the narrower widths an
+# inherited search cuts a parent to
+_NARROW = {"qk_dim": Choice((4, 8, 12, 16, 24, 32, 48, 64)),
+           "v_dim": Choice((None, 4, 8, 12, 16, 24, 32, 48, 64)),
+           "mlp_ratio": Choice((0.5, 1.0, 1.5, 2.0, 3.0, 4.0))}
+SPEC_DOMAINS = {"segments": IntRange(1, MAX_SEGMENTS), **_NARROW,
+                **{f"{n}_{k}": d for n, d in _NARROW.items() for k in range(1, MAX_SEGMENTS + 1)}}
 
 
 def check_dims(dims: Mapping[str, Dim]) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import ConfigError
+from .config import MAX_SEGMENTS, SEGMENTED
 
 Shapes = Mapping[str, tuple[int, ...]]
 
@@ -49,6 +50,10 @@ def architecture_of_weights(shapes: Shapes) -> dict[str, Any]:
                               f"{dim}: per-head widths cannot be read from shapes; start "
                               "from an export folder (its config says them)")
         arch.update(attn="mhsa", qk_dim=None, v_dim=None)
+        # the timm layout has one width for every block: so does every segment
+        arch["segments"] = 1
+        arch.update({f"{name}_{k}": arch[name] for name in SEGMENTED
+                     for k in range(1, MAX_SEGMENTS + 1)})
     else:
         raise ConfigError("no blocks.0.attn.qkv.weight: only multi-head attention weights "
                           "of the timm layout can be read without a config; start from an "

@@ -41,6 +41,7 @@ CONFIGS = {
     "cga-segments": VIT.replace(attn="cga", qk_dim=(3, 5), mlp_ratio=(2.0, 3.0)),
     "efficientvit": EVIT,
     "efficientvit-sandwich0": EVIT.replace(sandwich=0),
+    "efficientvit-stages": EVIT.replace(key_dim=(4, 3), ffn_ratio=(2.0, 3.0), v_ratio=(1.0, 0.5)),
     "efficientvit-sandwich2": EVIT.replace(sandwich=2, v_ratio=0.5),
 }
 
@@ -136,9 +137,9 @@ def _mask_vit(model: nn.Module, pruned, config: ViTConfig, prefix: str = "") -> 
 
 
 def _mask_efficientvit(model: nn.Module, pruned, config: EfficientViTConfig) -> nn.Module:
-    kd = config.key_dim
     with torch.no_grad():
         for s, stage in enumerate(model.stages):
+            kd = config.stage(s)["key_dim"]
             for b, block in enumerate(stage.blocks):
                 p = f"stages.{s}.blocks.{b}"
                 attn = block.mixer.m.attn
@@ -173,6 +174,7 @@ def _zero_hidden(ffn: nn.Module, kept: torch.Tensor) -> None:
     ("cga-sandwich", {"qk": 0.34, "ffn": 0.6}),
     ("efficientvit", {"qk": 0.5, "ffn": 0.4, "depth": 0.67}),
     ("efficientvit", {"qk": 0.25}),
+    ("efficientvit-stages", {"qk": 0.5, "ffn": 0.5, "depth": 0.67}),
     ("cga", {"qk": 0.34}),
     ("efficientvit-sandwich2", {"qk": 0.25, "ffn": 0.7}),
 ])
