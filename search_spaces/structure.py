@@ -41,8 +41,9 @@ from torch import nn
 from .config import Config
 from .output import logits_of
 
-COMPONENTS = ("heads", "qk", "v", "ffn", "depth")
-COMPONENT_OF = {"heads": "heads", "qk": "qk", "v": "v", "hidden": "ffn", "depth": "depth"}
+COMPONENTS = ("heads", "qk", "v", "ffn", "depth", "width")  # width: the residual stream's
+COMPONENT_OF = {"heads": "heads", "qk": "qk", "v": "v", "hidden": "ffn", "depth": "depth",
+                "width": "width"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +82,8 @@ class Knob:
 
 
 def component(name: str) -> str:
-    """"heads", "qk", "v", "ffn" or "depth": what a group name (its last word) describes."""
+    """"heads", "qk", "v", "ffn", "depth" or "width" (the residual stream's channels): what a
+    group name (its last word) describes."""
     return COMPONENT_OF[name.rsplit(".", 1)[-1]]
 
 

@@ -185,7 +185,7 @@ def _locate(scores: Mapping[str, torch.Tensor]) -> list[tuple[str, str, int, str
         stage_match = _STAGE.match(name)
         if stage_match and not depth:
             stage = int(stage_match.group(1))
-        elif comp == "depth" or depth == 0:
+        elif comp in ("depth", "width") or depth == 0:  # one group for the whole model
             stage = 0
         else:
             stage = min(3 * int(block.rsplit(".", 1)[1]) // depth, 2)

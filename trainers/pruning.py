@@ -20,7 +20,14 @@ q.k/sqrt(d) of the kept channels. A dropped block of these residual networks is 
 (for a model that stops tokens early at a forced last block, depth pruning is not exactly
 masking).
 
-Not pruned: the residual-stream width (embed dims, depthwise convs, norms).
+The residual stream's width (``width``, the ViT's ``embed_dim``) is ranked by each channel's
+importance summed over every layer that writes or reads it, and sliced through the patch
+embedding, class and position tokens, every norm and projection, and the head. Slicing it
+is masking but for LayerNorm: a LayerNorm of the cut model normalises over the kept
+channels, where the masked original's would count the zeroed ones too; the cut model is
+exactly the masked original with every LayerNorm's statistics taken over the kept channels
+(tests/trainers/test_inherit.py). EfficientViT's stage widths are not cut (cascaded group
+attention splits the residual stream into one chunk per head).
 """
 
 from __future__ import annotations
@@ -70,12 +77,13 @@ def prunable(config: Config) -> tuple[str, ...]:
 
 def keep_ratios(config: Config, keep: float | Mapping[str, float]) -> dict[str, float]:
     """Keep ratio per component. A single float applies to the prunable channel widths (qk,
-    v, ffn), so it is the share of every width kept; heads and depth are pruned only when
-    named (fewer heads of fewer channels each would keep keep**2 of the attention widths).
+    v, ffn), so it is the share of every width kept; heads, depth and the residual width
+    are pruned only when named (fewer heads of fewer channels each would keep keep**2 of the
+    attention widths).
     A ratio < 1 for a component that cannot be pruned here is an error; 1 is ignored."""
     allowed = prunable(config)
     if isinstance(keep, (int, float)) and not isinstance(keep, bool):
-        ratios = {c: float(keep) for c in allowed if c not in ("depth", "heads")}
+        ratios = {c: float(keep) for c in allowed if c not in ("depth", "heads", "width")}
     else:
         unknown = sorted(set(keep) - set(COMPONENTS))
         if unknown:

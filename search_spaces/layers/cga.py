@@ -128,4 +128,5 @@ class WindowedCGA(nn.Module):
 UNPRUNABLE = {
     "heads": "cascaded group attention reads one input chunk per head",
     "v": "cascaded group attention adds each head's V output to the next head's input",
+    "width": "cascaded group attention splits the residual stream into one chunk per head",
 }

@@ -56,11 +56,13 @@ ARCHITECTURE = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "qk
                 "attn", "sandwich")
 # what a spec may choose beyond the defaults: per-segment widths, and the narrower widths an
 # inherited search cuts a parent to
-_NARROW = {"qk_dim": Choice((4, 8, 12, 16, 24, 32, 48, 64)),
+_NARROW = {"embed_dim": Choice((24, 36, 48, 72, 96, 144, 192, 240, 288, 384)),
+           "qk_dim": Choice((4, 8, 12, 16, 24, 32, 48, 64)),
            "v_dim": Choice((None, 4, 8, 12, 16, 24, 32, 48, 64)),
            "mlp_ratio": Choice((0.5, 1.0, 1.5, 2.0, 3.0, 4.0))}
 SPEC_DOMAINS = {"segments": IntRange(1, MAX_SEGMENTS), **_NARROW,
-                **{f"{n}_{k}": d for n, d in _NARROW.items() for k in range(1, MAX_SEGMENTS + 1)}}
+                **{f"{n}_{k}": d for n, d in _NARROW.items() if n in SEGMENTED
+                   for k in range(1, MAX_SEGMENTS + 1)}}
 
 
 def check_dims(dims: Mapping[str, Dim]) -> None:

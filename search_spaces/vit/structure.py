@@ -98,11 +98,16 @@ class ViTStructure(Structure):
         layout: dict[str, Groups] = {}
         for prefix, vit in (*nested, ("", model)):
             layout.update(_blocks(model, prefix, vit))
+        if not nested and all(isinstance(b.attn, MultiHeadAttention) for b in model.blocks):
+            layout["residual.width"] = _residual(model)
         return layout
 
     def unprunable(self) -> dict[str, str]:
         whole = dict(CGA_WHOLE) if self.config.attn != "mhsa" else {}
         policy = self.config.policy()
+        if policy is not None:
+            whole["width"] = (f"the {policy.name} policy's own parts read the residual stream "
+                              "(cut the static parent instead, then add the policy)")
         if policy is not None and policy.unprunable is not None:
             whole.update(policy.unprunable(self.config))
         return whole
@@ -116,24 +121,24 @@ class ViTStructure(Structure):
     def pruned(self, ratios: Mapping[str, float]) -> Config:
         config = self.config
         heads = kept_count(config.num_heads, ratios.get("heads", 1.0))
-        changes: dict[str, Any] = {}
+        width = kept_count(config.embed_dim, ratios.get("width", 1.0))
+        explicit = heads != config.num_heads or width != config.embed_dim  # None re-splits
+        changes: dict[str, Any] = {"num_heads": heads, "embed_dim": width}
         for name, comp in (("qk_dim", "qk"), ("v_dim", "v")):
             given = config.per_segment(name)
             if name == "v_dim" and config.attn != "mhsa":
                 continue  # the split, always
             new = tuple(kept_count(v or split(config), ratios.get(comp, 1.0)) for v in given)
-            if heads == config.num_heads:  # an unchanged width keeps its spelling (None)
+            if not explicit:  # an unchanged width keeps its spelling (None)
                 new = tuple(n if n != (v or split(config)) else v for n, v in zip(
                     new, given, strict=True))
-            changes[name] = _one_or_each(new)  # fewer heads: widths explicit
-        if heads != config.num_heads:
-            changes["num_heads"] = heads
+            changes[name] = _one_or_each(new)
         ratios_ffn = []
         for ratio in config.per_segment("mlp_ratio"):
             hidden = int(config.embed_dim * ratio)
             new_hidden = kept_count(hidden, ratios.get("ffn", 1.0))
-            ratios_ffn.append(ratio if new_hidden == hidden
-                              else exact_ratio(config.embed_dim, new_hidden))
+            ratios_ffn.append(ratio if new_hidden == hidden and width == config.embed_dim
+                              else exact_ratio(width, new_hidden))
         changes["mlp_ratio"] = _one_or_each(tuple(ratios_ffn))
         depth = kept_count(config.depth, ratios.get("depth", 1.0))
         if depth != config.depth:
@@ -154,9 +159,11 @@ class ViTStructure(Structure):
         comp = component(name)
         if comp == "depth":
             return new.depth
+        if comp == "width":
+            return new.embed_dim
         widths = new.block(block_of(name))
-        if comp == "ffn":  # the FFN's input width: fc1's weight is (hidden, width)
-            return int(state[group.parts[0].key].shape[1] * widths["mlp_ratio"])
+        if comp == "ffn":  # the new FFN's width rule
+            return int(new.embed_dim * widths["mlp_ratio"])
         return {"heads": new.num_heads if new.attn == "mhsa" else group.size,
                 "qk": widths["qk_dim"] or split(new), "v": widths["v_dim"] or split(new)}[comp]
 
@@ -237,6 +244,27 @@ def _token_cga(p: str, attn: TokenCGA) -> dict[str, Groups]:
         f"{p}.qk": Groups(h * qk, tuple(qks), heads=h),
         f"{p}.v": Groups(h * v, (*vs, Part(proj, 1, torch.arange(h * v))), heads=h),
     }
+
+
+def _residual(vit: VisionTransformer) -> Groups:
+    """Residual channel c: everything that writes it (the patch embedding, the class and
+    position tokens, every attention output and FFN output) and everything that reads it
+    (every LayerNorm, the Q/K/V and FFN inputs, the head)."""
+    n = vit.patch_embed.proj.out_channels
+    ids = torch.arange(n)
+    out = ["patch_embed.proj", "norm"]  # written or normalised: rows
+    into = ["head.weight"]  # read: columns
+    for b, block in enumerate(vit.blocks):
+        p = f"blocks.{b}"
+        for j in range(len(block.pre_ffns)):
+            out += [f"{p}.pre_ffns.{j}.norm", f"{p}.pre_ffns.{j}.mlp.fc2"]
+            into.append(f"{p}.pre_ffns.{j}.mlp.fc1.weight")
+        out += [f"{p}.norm1", f"{p}.attn.proj", f"{p}.norm2", f"{p}.mlp.fc2"]
+        into += [f"{p}.attn.qkv.weight", f"{p}.mlp.fc1.weight"]
+    parts = [Part(key, 0, ids) for prefix in out for key in linear(prefix)]
+    parts += [Part(key, 1, ids) for key in into]
+    parts += [Part("cls_token", 2, ids), Part("pos_embed", 2, ids)]
+    return Groups(n, tuple(parts))
 
 
 def _mlp(p: str, mlp: Mlp) -> Groups:

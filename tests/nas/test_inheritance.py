@@ -38,7 +38,7 @@ def test_the_parent_bounds_the_default_domains(parent_export):
     assert dims["num_heads"].values() == (1, 2)
     assert dims["mlp_ratio"].values() == (2.0, 3.0, 4.0)
     assert dims["patch_size"].values() == (7,) and dims["attn"].values() == ("mhsa",)
-    assert dims["embed_dim"].values() == (PARENT.embed_dim,)
+    assert dims["embed_dim"].values() == (PARENT.embed_dim,)  # the default domain: 48, 96..
     assert "token_policy" not in dims or len(dims["token_policy"].values()) > 1
 
 
@@ -82,12 +82,13 @@ def test_the_parent_importance_is_computed_once_per_study(parent_export, tmp_pat
 @pytest.mark.slow
 def test_an_inherited_search_records_and_exports_its_provenance(parent_export, tmp_path,
                                                                 run_nas):
-    raw = inherited(parent_export, {"num_heads": [1, 2], "qk_dim": [8, 16], "v_dim": [16],
+    raw = inherited(parent_export, {"embed_dim": [36, 48], "num_heads": [1, 2],
+                                    "qk_dim": [8, 16], "v_dim": [16],
                                     "mlp_ratio": [2.0, 4.0],
                                     "token_policy": ["static", "halting"]},
                     results_dir=str(tmp_path), concurrent_trials=2,
                     train={"epochs": 1, "batch_size": 50, "warmup_epochs": 0},
-                    sampler={"name": "random", "seed": 3}, budget={"points": 2},
+                    trials=4, sampler={"name": "random", "seed": 3}, budget={"points": 2},
                     latency={"repeats": 3, "rounds": 1})
     spec = tmp_path / "inh.yaml"
     spec.write_text(yaml.safe_dump(raw))
@@ -100,11 +101,14 @@ def test_an_inherited_search_records_and_exports_its_provenance(parent_export, t
     assert (frame["status"] == "complete").all(), frame[["status", "error"]]
     assert (frame["origin"] == "inherited").all() and (frame["init_sha256"] == sha).all()
     assert (frame["init_inherit"] == "importance").all()
+    assert {json.loads(c)["embed_dim"] for c in frame["config"]} == {36, 48}  # both drawn
     for _, row in frame.iterrows():  # the kept shares follow from the config
         config = json.loads(row["config"])
-        assert row["init_kept_depth"] == config["depth"] / PARENT.depth
-        assert row["init_kept_ffn"] == config["mlp_ratio"] / PARENT.mlp_ratio
-        assert row["init_kept_heads"] == config["num_heads"] / PARENT.num_heads
+        assert row["init_kept_depth"] == round(config["depth"] / PARENT.depth, 4)
+        hidden = int(config["embed_dim"] * config["mlp_ratio"])
+        assert row["init_kept_ffn"] == round(hidden / (PARENT.embed_dim * PARENT.mlp_ratio), 4)
+        assert row["init_kept_width"] == round(config["embed_dim"] / PARENT.embed_dim, 4)
+        assert row["init_kept_heads"] == round(config["num_heads"] / PARENT.num_heads, 4)
     trial = int(frame["trial"].iloc[0])
     out = tmp_path / "exported"
     assert run_nas("export", str(study), "--trial", str(trial), "--out", str(out),

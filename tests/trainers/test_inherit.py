@@ -80,7 +80,7 @@ def test_kept_shares_count_groups_of_each_kind() -> None:
     cut = inherit(parent, VIT.replace(num_heads=2, qk_dim=2, v_dim=4, mlp_ratio=1.0, depth=2),
                   random_scores(parent.model))
     assert cut.keep == pytest.approx({"heads": 2 / 3, "qk": 0.5, "v": 1.0, "ffn": 0.25,
-                                      "depth": 2 / 3})
+                                      "depth": 2 / 3, "width": 1.0})
 
 
 @pytest.mark.parametrize("policy", ["halting", "gating", "cascade"])
@@ -117,3 +117,88 @@ def test_a_candidate_beyond_the_parent_is_named(config, changes, words) -> None:
     assert why is not None and words in why, why
     with pytest.raises(InitError, match="not within the parent"):
         inherit(parent, config.replace(**changes), parent.zero_scores())
+
+
+# ----------------------------------------------------------------- the residual stream's width
+class KeptLayerNorm(torch.nn.Module):
+    """A LayerNorm whose statistics are those of the kept channels (the others output 0)."""
+
+    def __init__(self, norm: torch.nn.LayerNorm, kept: torch.Tensor) -> None:
+        super().__init__()
+        self.norm, self.kept = norm, kept
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kept
+        out = torch.zeros_like(x)
+        out[..., k] = torch.nn.functional.layer_norm(
+            x[..., k], (len(k),), self.norm.weight[k], self.norm.bias[k], self.norm.eps)
+        return out
+
+
+def _mask_width(model: torch.nn.Module, kept: torch.Tensor,
+                norms: bool = True) -> torch.nn.Module:
+    """Zero every write to a dropped residual channel, and (``norms``) normalise over the
+    kept ones."""
+    dropped = sorted(set(range(model.patch_embed.proj.out_channels)) - set(kept.tolist()))
+    with torch.no_grad():
+        for p in (model.patch_embed.proj.weight, model.patch_embed.proj.bias):
+            p[dropped] = 0
+        model.cls_token[..., dropped] = 0
+        model.pos_embed[..., dropped] = 0
+        for block in (b for b in model.blocks if not isinstance(b, torch.nn.Identity)):
+            writers = [block.attn.proj, block.mlp.fc2, *(f.mlp.fc2 for f in block.pre_ffns)]
+            for lin in writers:
+                lin.weight[dropped] = 0
+                lin.bias[dropped] = 0
+    for name, module in list(model.named_modules()):
+        if norms and isinstance(module, torch.nn.LayerNorm):
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            setattr(parent, name.rpartition(".")[2], KeptLayerNorm(module, kept))
+    return model
+
+
+@pytest.mark.parametrize(("name", "changes"), [
+    ("mhsa", {"embed_dim": 8, "qk_dim": 4, "v_dim": 4}),
+    ("mhsa", {"embed_dim": 6, "num_heads": 2, "qk_dim": 2, "v_dim": 3, "mlp_ratio": 3.0,
+              "depth": 2}),
+    ("mhsa-sandwich", {"embed_dim": 9, "qk_dim": 5, "v_dim": 3, "mlp_ratio": 2.0}),
+    ("mhsa-segments", {"embed_dim": 10, "qk_dim": (3, 2), "v_dim": (2, 2), "depth": 2}),
+])
+def test_a_narrower_residual_is_the_parent_masked_with_kept_channel_norms(name, changes):
+    config = CONFIGS[name]
+    parent = parent_of(config)
+    candidate = config.replace(**changes)
+    cut = inherit(parent, candidate, random_scores(parent.model, seed=2))
+    assert len(cut.kept["residual.width"]) == candidate.embed_dim
+    child = build(candidate)
+    child.load_state_dict(cut.state_dict, strict=True)
+    masked = _mask_width(_mask_vit(make(config), cut, config), cut.kept["residual.width"])
+    x = images(config)
+    plain = _mask_width(_mask_vit(make(config), cut, config), cut.kept["residual.width"],
+                        norms=False)  # zeroed channels, but full-width LayerNorm statistics
+    with torch.no_grad():
+        expected, got, zeroed = masked(x), child(x), plain(x)
+    scale = max(1.0, expected.abs().max().item())
+    assert (got - expected).abs().max().item() <= 1e-5 * scale
+    assert (got - zeroed).abs().max().item() > 1e-3 * scale  # the norms are the whole gap
+
+
+def test_one_layernorm_over_kept_channels_is_the_masked_one_restandardised():
+    """The one place slicing the residual is not masking, in closed form: with the dropped
+    channels zero, the full-width LayerNorm of the kept channels is an affine map of the
+    kept-channel one (x - m) / s, so re-standardising it over the kept channels gives the
+    cut model's LayerNorm exactly; the two differ by at most that affine map."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 12, generator=gen)
+    kept = torch.tensor([0, 2, 3, 5, 7, 8, 11])
+    x[:, [i for i in range(12) if i not in kept.tolist()]] = 0
+    full = torch.nn.functional.layer_norm(x, (12,), eps=0.0)[:, kept]
+    cut = torch.nn.functional.layer_norm(x[:, kept], (len(kept),), eps=0.0)
+    again = (full - full.mean(-1, keepdim=True)) / full.std(-1, unbiased=False, keepdim=True)
+    assert torch.allclose(again, cut, atol=1e-5)
+    ratio = len(kept) / 12  # full = a * cut + c with a = sqrt(...) per row: a bounded gap
+    mean, var = x[:, kept].mean(-1, keepdim=True), x[:, kept].var(-1, unbiased=False,
+                                                                      keepdim=True)
+    a = torch.sqrt(var / (ratio * (var + mean ** 2) - (ratio * mean) ** 2))
+    c = (1 - ratio) * mean / torch.sqrt(ratio * (var + mean ** 2) - (ratio * mean) ** 2)
+    assert torch.allclose(full, a * cut + c, atol=1e-5)

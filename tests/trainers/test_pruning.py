@@ -281,7 +281,10 @@ def test_keep_ratios_name_what_cannot_be_pruned() -> None:
     for config, keep, words in [
         (CONFIGS["cga"], {"heads": 0.5}, "reads one input chunk per head"),
         (EVIT, {"v": 0.5}, "adds each head's V output"),
-        (VIT, {"width": 0.5}, "unknown component"),
+        (VIT, {"embed": 0.5}, "unknown component"),
+        (CONFIGS["cga"], {"width": 0.5}, "splits the residual stream"),
+        (VIT.replace(token_policy="halting"), {"width": 0.5}, "policy's own parts read"),
+        (EVIT, {"width": 0.5}, "splits the residual stream"),
         (VIT, {"ffn": 0.0}, "must be in (0, 1]"),
         (VIT, 1.5, "must be in (0, 1]"),
     ]:

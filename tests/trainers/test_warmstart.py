@@ -38,9 +38,12 @@ def test_a_timm_deit_state_dict_fixes_the_vit_architecture(deit):
     _, path = deit
     init = read_init(path)
     assert init.export is None and len(init.sha256) == 64
-    assert init.architecture(VIT) == {
-        "img_size": 224, "patch_size": 16, "embed_dim": 192, "depth": 12, "mlp_ratio": 4.0,
-        "sandwich": 0, "attn": "mhsa", "qk_dim": None, "v_dim": None}
+    arch = init.architecture(VIT)
+    shared = {"img_size": 224, "patch_size": 16, "embed_dim": 192, "depth": 12,
+              "mlp_ratio": 4.0, "sandwich": 0, "attn": "mhsa", "qk_dim": None, "v_dim": None}
+    per_segment = {f"{name}_{k}": shared[name] for name in ("qk_dim", "v_dim", "mlp_ratio")
+                   for k in range(1, 5)}  # one width for every block: every segment's
+    assert arch == {**shared, "segments": 1, **per_segment}
 
 
 def test_our_vit_warm_started_from_deit_gives_timms_logits(deit):
