@@ -2,9 +2,9 @@
 
 Ray's ``OptunaSearch`` tells Optuna only the objective values, and tells an errored trial
 that had reported before (or one a scheduler stopped early) as COMPLETE. Ours stores every
-reported metric (and the ``imp_*`` importance summary) as a user attribute first (so
-constraints may name any metric and the study alone is a full record), tells an errored trial
-as FAIL and a stopped one as PRUNED.
+reported metric (and the ``imp_*`` importance summary, the ``prov_*`` and ``init_*``
+provenance) as a user attribute first (so constraints may name any metric and the study
+alone is a full record), tells an errored trial as FAIL and a stopped one as PRUNED.
 
 Resume (nas/durable.py): a searcher given ``orphans`` (trials left RUNNING in the study by a
 driver that died) hands them out first, under their own trial numbers and parameters, with
@@ -52,8 +52,9 @@ from .spec import METRICS, SearchSpec
 
 # knobs: point 0's, JSON; points: every budget point, JSON; failed: a deterministic failure
 RECORDED = (*METRICS, "epoch", "infeasible", "knobs", "points", "failed", "duplicate_of")
-# the importance summary (trainers.importance.summarize) and the warm start's provenance
-RECORDED_PREFIXES = ("imp_", "init_")
+# the importance summary (trainers.importance.summarize), the warm start's and the latency
+# measurement's provenance
+RECORDED_PREFIXES = ("imp_", "init_", "prov_")
 log = logging.getLogger("nas")
 
 

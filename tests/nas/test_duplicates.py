@@ -80,6 +80,7 @@ def test_search_trains_each_config_once(tmp_path, run_nas, search_study):
         first = frame.loc[int(row["duplicate_of"])]
         assert row["key"] == first["key"] and row["accuracy"] == first["accuracy"]
         assert row["epochs"] == 0 and row["train_time_s"] == 0
+        assert row["prov_host"] == first["prov_host"]  # where the reused figures came from
         assert f"trial {n} not trained: the same config as trial" in proc.stdout
     untrained = [n for n in frame.index
                  if not (study / "trials" / str(n) / "model.safetensors").is_file()]
