@@ -93,9 +93,11 @@ def test_every_measurement_runs_on_the_target_node_serially_and_cached(target_cl
     assert {e["node"] for e in entries} == {target}
     spans = sorted((e["started"], e["ended"]) for e in entries)
     assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))  # one at a time
-    # each candidate measured once; every other row, a hit with the cached figures
-    assert frame.loc[frame["prov_cache"] == "miss", "key"].is_unique
-    assert (frame["prov_cache"] == "hit").sum() >= TRIALS - frame["key"].nunique()
+    # each candidate measured once; every other row a hit with the cached figures, or a trial
+    # that reused an earlier one's result untrained (its provenance is that trial's)
+    own = frame[frame["duplicate_of"].isna()] if "duplicate_of" in frame else frame
+    assert own.loc[own["prov_cache"] == "miss", "key"].is_unique
+    assert (own["prov_cache"] == "hit").sum() >= len(own) - own["key"].nunique()
     for _, row in frame.iterrows():
         assert row["latency_ms"] == by_key[row["key"]]["latency"]["median_ms"]
     # the resumed driver's target started with the first one's measurements
