@@ -87,6 +87,12 @@ def component(name: str) -> str:
     return COMPONENT_OF[name.rsplit(".", 1)[-1]]
 
 
+def same_form(old: Any, values: tuple) -> Any:
+    """``values`` (one per segment or stage) spelled as ``old`` was: a tuple if it was one,
+    else the one value for all (a shared width changed alike everywhere stays shared)."""
+    return values if isinstance(old, tuple) else values[0]
+
+
 def kept_count(n: int, ratio: float) -> int:
     """``round(ratio * n)``, at least 1: how many of ``n`` a keep ratio leaves."""
     return max(1, round(ratio * n))

@@ -80,21 +80,29 @@ def base_config(parent: Parent, candidate: Config) -> Config:
 def misfit(parent: Parent, base: Config) -> str | None:
     """Why the parent cannot be cut to ``base`` (the first tensor that differs, or the group
     it has too few of); None when it can."""
+    return _cut(parent, base, parent.zero_scores())[1]
+
+
+def _cut(parent: Parent, base: Config,
+         scores: Mapping[str, torch.Tensor]) -> tuple[Pruned | None, str | None]:
+    """The parent cut to ``base`` by ``scores``, and why the cut does not fit ``base``'s
+    model tensor by tensor (None: it fits)."""
     try:
-        cut = slice_to(parent.config, parent.model, parent.zero_scores(), base)
+        cut = slice_to(parent.config, parent.model, scores, base)
     except ValueError as err:
-        return str(err)
+        return None, str(err)
     want = parent.space.build(base, num_classes=parent.inputs["num_classes"],
                               in_chans=parent.inputs["in_chans"]).state_dict()
     for name, tensor in want.items():
         have = cut.state_dict.get(name)
         if have is None:
-            return f"tensor {name!r} of the candidate has no counterpart in the parent"
+            return cut, f"tensor {name!r} of the candidate has no counterpart in the parent"
         if tuple(have.shape) != tuple(tensor.shape):
-            return (f"tensor {name!r} is {tuple(tensor.shape)} in the candidate; slicing the "
-                    f"parent gives {tuple(have.shape)}")
+            return cut, (f"tensor {name!r} is {tuple(tensor.shape)} in the candidate; slicing "
+                         f"the parent gives {tuple(have.shape)}")
     extra = sorted(set(cut.state_dict) - set(want))
-    return f"the parent's tensor {extra[0]!r} has no place in the candidate" if extra else None
+    return cut, (f"the parent's tensor {extra[0]!r} has no place in the candidate"
+                 if extra else None)
 
 
 def inherit(parent: Parent, candidate: Config,
@@ -105,7 +113,7 @@ def inherit(parent: Parent, candidate: Config,
         base = base_config(parent, candidate)
     except ConfigError as err:
         raise InitError(f"the candidate's architecture on the parent's config: {err}") from None
-    why = misfit(parent, base)
+    cut, why = _cut(parent, base, scores)
     if why is not None:
         raise InitError(f"the candidate is not within the parent: {why}")
-    return slice_to(parent.config, parent.model, scores, base)
+    return cut

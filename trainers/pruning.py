@@ -183,9 +183,10 @@ def slice_to(config: Config, model: nn.Module, scores: Mapping[str, torch.Tensor
                              "were the scores computed on this model?")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     structure = _structure(config)
-    depth = {name: _select(scores[name], g, structure.kept(new, name, g, state))
-             for name, g in groups.items() if component(name) == "depth"
-             and 1 <= structure.kept(new, name, g, state) <= g.size}
+    blocks = {name: structure.kept(new, name, g, state) for name, g in groups.items()
+              if component(name) == "depth"}
+    depth = {name: _select(scores[name], groups[name], n) for name, n in blocks.items()
+             if 1 <= n <= groups[name].size}  # too many or none: told below
     rename = renamer(depth)  # blocks first: a kept block's widths are those of its new place
     counts = {name: (structure.kept(new, rename(name), g, state) if rename(name) is not None
                      else g.size // g.heads) for name, g in groups.items()}

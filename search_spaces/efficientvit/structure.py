@@ -39,6 +39,7 @@ from ..structure import (
     each,
     kept_count,
     rows,
+    same_form,
     scale_rows,
     unowned,
 )
@@ -92,8 +93,8 @@ class EfficientViTStructure(Structure):
             widths = [w for i in range(n) for w in _ffn_widths(config, i)]
             ffn_ratios = (_short_ratio(max(config.ffn_ratio * ffn, 1 / min(widths)), widths),) * n
         changes: dict[str, Any] = {
-            "key_dim": _same_form(config.key_dim, key_dims),
-            "ffn_ratio": _same_form(config.ffn_ratio, ffn_ratios),
+            "key_dim": same_form(config.key_dim, key_dims),
+            "ffn_ratio": same_form(config.ffn_ratio, ffn_ratios),
         }
         depths = tuple(kept_count(d, ratios.get("depth", 1.0)) for d in config.depths)
         if depths != config.depths:
@@ -137,11 +138,6 @@ def _ffn_widths(config: Any, i: int) -> tuple[int, ...]:
     """The input widths of stage i's FFNs: its own, and the previous stage's (the FFN before
     its PatchMerging)."""
     return (config.embed_dims[i],) + ((config.embed_dims[i - 1],) if i else ())
-
-
-def _same_form(old: Any, values: tuple) -> Any:
-    """``values`` (one per stage) as ``old`` was given: one for all stages, or per stage."""
-    return values if isinstance(old, tuple) else values[0]
 
 
 def _short_ratio(ratio: float, widths: Sequence[int]) -> float:

@@ -52,6 +52,7 @@ from ..structure import (
     kept_count,
     linear,
     rows,
+    same_form,
     scale_rows,
     unowned,
 )
@@ -132,14 +133,14 @@ class ViTStructure(Structure):
             if not explicit:  # an unchanged width keeps its spelling (None)
                 new = tuple(n if n != (v or split(config)) else v for n, v in zip(
                     new, given, strict=True))
-            changes[name] = _one_or_each(new)
+            changes[name] = same_form(getattr(config, name), new)
         ratios_ffn = []
         for ratio in config.per_segment("mlp_ratio"):
             hidden = int(config.embed_dim * ratio)
             new_hidden = kept_count(hidden, ratios.get("ffn", 1.0))
             ratios_ffn.append(ratio if new_hidden == hidden and width == config.embed_dim
                               else exact_ratio(width, new_hidden))
-        changes["mlp_ratio"] = _one_or_each(tuple(ratios_ffn))
+        changes["mlp_ratio"] = same_form(config.mlp_ratio, tuple(ratios_ffn))
         depth = kept_count(config.depth, ratios.get("depth", 1.0))
         if depth != config.depth:
             changes["depth"] = depth
@@ -151,8 +152,9 @@ class ViTStructure(Structure):
         config = self.config
         qk = tuple(v or split(config) for v in config.per_segment("qk_dim"))
         v = tuple(w or split(config) for w in config.per_segment("v_dim"))
-        return config.replace(qk_dim=_one_or_each(qk),
-                              v_dim=_one_or_each(v) if config.attn == "mhsa" else config.v_dim)
+        return config.replace(qk_dim=same_form(config.qk_dim, qk),
+                              v_dim=same_form(config.v_dim, v) if config.attn == "mhsa"
+                              else config.v_dim)
 
     def kept(self, new: Config, name: str, group: Groups,
              state: Mapping[str, torch.Tensor]) -> int:
@@ -182,11 +184,6 @@ class ViTStructure(Structure):
             else:
                 keys = [k for i in range(module.num_heads) for k in linear(f"{name}.qkvs.{i}")]
                 scale_rows(state, keys, module.qk_dim, module.qk_dim, width)
-
-
-def _one_or_each(values: tuple) -> Any:
-    """One value for every segment, or the tuple of them."""
-    return values[0] if len(values) == 1 else values
 
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)(?:\.|$)")

@@ -17,6 +17,7 @@ from nas import spec as specs
 from nas.export import load_exported
 from nas.parent import PARENT_IMPORTANCE, parent_importance
 from nas.sections import SpecError
+from trainers.groups import group_layout
 from trainers.importance import load_scores
 from trainers.inherit import read_parent
 
@@ -74,7 +75,6 @@ def test_the_parent_importance_is_computed_once_per_study(parent_export, tmp_pat
     assert (tmp_path / PARENT_IMPORTANCE).stat().st_mtime_ns == stamp
     assert all((again[k] == v).all() for k, v in first.items())
     parent = read_parent(parent_export)
-    from trainers.groups import group_layout
     sizes = {name: g.size for name, g in group_layout(parent.model).items()}
     assert {k: v.numel() for k, v in load_scores(tmp_path / PARENT_IMPORTANCE).items()} == sizes
 
