@@ -9,15 +9,17 @@ channel of the depthwise conv (and BN) that filters q.
 A config has ``key_dim`` and ``ffn_ratio`` for all stages or one per stage, and ``depths``
 per stage: pruning keeps its share of Q/K in every block of a stage, the depth count per
 stage, and an FFN keeps ``round(width * keep * ffn_ratio)`` (its stage's ratio, so the count
-follows each FFN's width; a stage's downsample FFNs take that stage's ratio). Heads and V
-channels stay whole: the window attention is cascaded group attention (head i reads input
-chunk i; its output is added to head i+1's input).
-PatchMerging's fixed 4x hidden width is not pruned (no config field expresses it).
+follows each FFN's width; a stage's downsample FFNs take that stage's ratio). Heads stay
+whole: the window attention is cascaded group attention (head i reads input chunk i; its
+output is added to head i+1's input). A stage's width (``embed_dims``) can shrink where V is
+as wide as a chunk (search_spaces/efficientvit/residual.py: the width groups, and why V then
+follows the width); PatchMerging's 4x hidden width and the stem's widths follow it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -44,13 +46,12 @@ from ..structure import (
     unowned,
 )
 from .model import EfficientViT, ffn_hidden
-
-BN_KEYS = ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var")
+from .residual import STEM_SHARE, convbn, cuttable, merge_hidden, se_width, width_groups
 
 
 class EfficientViTStructure(Structure):
     models = (EfficientViT,)
-    components = ("qk", "ffn", "depth")
+    components = ("qk", "ffn", "depth", "width")
     guidance = (Knob("qk", "key_dim"), Knob("v", "v_ratio"), Knob("ffn", "ffn_ratio"),
                 *(Knob("heads", f"heads_{k}", k - 1) for k in range(1, 5)),
                 *(Knob("depth", f"depth_{k}", k - 1) for k in range(1, 5)))
@@ -58,6 +59,7 @@ class EfficientViTStructure(Structure):
     @classmethod
     def groups(cls, model: nn.Module) -> dict[str, Groups]:
         layout: dict[str, Groups] = {}
+        widths = cuttable(model)
         for s, stage in enumerate(model.stages):
             if s > 0:
                 for pair in ("res1", "res2"):
@@ -71,17 +73,29 @@ class EfficientViTStructure(Structure):
                         layout[f"{p}.{name}.hidden"] = _conv_ffn(f"{p}.{name}.m", child.m)
                     elif name == "mixer":
                         layout.update(_window_cga(f"{p}.attn", f"{p}.mixer.m.attn",
-                                                  child.m.attn))
+                                                  child.m.attn, last_v=widths))
             layout[f"stages.{s}.blocks.depth"] = depth_groups(model, f"stages.{s}.blocks",
                                                               len(stage.blocks))
-        return layout
+        return {**layout, **(width_groups(model) if widths else {})}
 
     def unprunable(self) -> dict[str, str]:
-        return dict(CGA_WHOLE)
+        whole = dict(CGA_WHOLE)
+        if _v_is_chunk(self.config):  # V then follows the width (residual.py)
+            whole.pop("width")
+        else:
+            whole["width"] = ("a V narrower than its chunk (v_ratio < 1) adds onto part of "
+                              "the next head's chunk only")
+        return whole
 
     def pruned(self, ratios: Mapping[str, float]) -> Config:
         config = self.config
         n = len(config.embed_dims)
+        width = ratios.get("width", 1.0)
+        if width != 1.0:  # every stage's width, a multiple of its heads (and 8: the stem)
+            config = config.replace(embed_dims=tuple(
+                _multiple(w * width, math.lcm(h, 8 if i == 0 else 1))
+                for i, (w, h) in enumerate(zip(config.embed_dims, config.num_heads,
+                                               strict=True))))
         key_dims = tuple(kept_count(kd, ratios.get("qk", 1.0))
                          for kd in config.per_stage("key_dim"))
         ffn = ratios.get("ffn", 1.0)
@@ -103,16 +117,24 @@ class EfficientViTStructure(Structure):
 
     def kept(self, new: Config, name: str, group: Groups,
              state: Mapping[str, torch.Tensor]) -> int:
-        comp, index = component(name), int(name.split(".")[1])
+        comp, where = component(name), name.split(".")
+        if where[0] == "patch_embed":  # the stem's inner widths
+            return new.embed_dims[0] // STEM_SHARE[int(where[1][-1])]
+        index = int(where[1])
         if index >= len(new.embed_dims):
             raise ValueError(f"{name}: the {new.KIND} config has {len(new.embed_dims)} stages")
-        stage = new.stage(index)
-        if comp == "ffn":  # the FFN's input width: pw1's weight is (hidden, width, 1, 1)
-            return ffn_hidden(state[group.parts[0].key].shape[1], stage["ffn_ratio"])
+        stage, before = new.stage(index), "downsample" in where and where[3] in (
+            "res1", "merge", "se")  # at the previous stage's width
+        width = new.embed_dims[index - 1 if before else index]
+        if comp == "ffn":
+            return ffn_hidden(width, stage["ffn_ratio"])
         if comp == "depth":
             return new.depths[index]
-        return {"heads": group.size, "qk": stage["key_dim"],
-                "v": group.size // group.heads}[comp]
+        if comp == "width":
+            return {"merge": merge_hidden(width), "se": se_width(merge_hidden(width))}.get(
+                where[3] if before else "", width // new.num_heads[index])
+        v = new.value_dims()[index] if _v_is_chunk(new) else group.size // group.heads
+        return {"heads": group.size, "qk": stage["key_dim"], "v": v}[comp]
 
     def rescale(self, state: dict[str, torch.Tensor], model: nn.Module, new: Config,
                 rename: Callable[[str], str | None]) -> None:
@@ -149,31 +171,42 @@ def _short_ratio(ratio: float, widths: Sequence[int]) -> float:
     return ratio
 
 
-def _convbn(prefix: str) -> list[str]:
-    return [f"{prefix}.conv.weight", *(f"{prefix}.{k}" for k in BN_KEYS)]
+def _v_is_chunk(config: Any) -> bool:
+    return all(v * h == w for v, h, w in zip(config.value_dims(), config.num_heads,
+                                             config.embed_dims, strict=True))
+
+
+def _multiple(value: float, step: int) -> int:
+    """``value`` rounded to a multiple of ``step``, at least ``step``."""
+    return max(step, round(value / step) * step)
 
 
 def _conv_ffn(p: str, ffn: ConvFFN) -> Groups:
     n = ffn.pw1.conv.out_channels
     ids = torch.arange(n)
-    return Groups(n, (*rows(_convbn(f"{p}.pw1"), ids), Part(f"{p}.pw2.conv.weight", 1, ids)))
+    return Groups(n, (*rows(convbn(f"{p}.pw1"), ids), Part(f"{p}.pw2.conv.weight", 1, ids)))
 
 
-def _window_cga(name: str, p: str, attn: WindowCGA) -> dict[str, Groups]:
+def _window_cga(name: str, p: str, attn: WindowCGA, *, last_v: bool) -> dict[str, Groups]:
     """Head i owns ``qkvs.{i}`` (rows [q | k | v], conv + BN), ``dws.{i}`` (the depthwise
-    filter of q: one channel per Q channel), its attention biases and its ``proj`` columns."""
+    filter of q: one channel per Q channel), its attention biases and its ``proj`` columns.
+    ``last_v``: the V group is the last head's alone (the others' V is the width's:
+    residual.py)."""
     h, kd, vd = attn.num_heads, attn.key_dim, attn.value_dim
     heads, qks, vs = [], [], []
     for i in range(h):
-        qkv, dw = _convbn(f"{p}.qkvs.{i}"), _convbn(f"{p}.dws.{i}")
+        qkv, dw = convbn(f"{p}.qkvs.{i}"), convbn(f"{p}.dws.{i}")
         heads += rows(qkv, torch.full((2 * kd + vd,), i)) + rows(dw, torch.full((kd,), i))
         own = i * kd + torch.arange(kd)
         qks += rows(qkv, cat(own, own, unowned(vd))) + rows(dw, own)
-        vs += rows(qkv, cat(unowned(2 * kd), i * vd + torch.arange(vd)))
+        if not last_v or i == h - 1:
+            vs += rows(qkv, cat(unowned(2 * kd), (0 if last_v else i * vd) + torch.arange(vd)))
     proj = f"{p}.proj.1.conv.weight"
     heads += [Part(proj, 1, each(h, vd)), Part(f"{p}.attention_biases", 0, torch.arange(h))]
+    v = Groups(vd, (*vs, Part(proj, 1, cat(unowned((h - 1) * vd), torch.arange(vd))))) \
+        if last_v else Groups(h * vd, (*vs, Part(proj, 1, torch.arange(h * vd))), heads=h)
     return {
         f"{name}.heads": Groups(h, tuple(heads)),
         f"{name}.qk": Groups(h * kd, tuple(qks), heads=h),
-        f"{name}.v": Groups(h * vd, (*vs, Part(proj, 1, torch.arange(h * vd))), heads=h),
+        f"{name}.v": v,
     }

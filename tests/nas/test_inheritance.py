@@ -117,3 +117,38 @@ def test_an_inherited_search_records_and_exports_its_provenance(parent_export, t
     assert source["origin"] == "inherited" and source["init"]["sha256"] == sha
     assert source["init"]["inherit"] == "importance" and "kept_qk" in source["init"]
     load_exported(out)  # strict load, the probe's logits reproduced
+
+
+@pytest.fixture(scope="module")
+def evit_parent(tmp_path_factory) -> Path:
+    """An efficientvit parent (untrained: only its architecture bounds a spec): 2 stages,
+    32 and 64 wide, 2 heads each, V as wide as a head's chunk."""
+    import search_spaces
+    from nas.export import write_export
+    from search_spaces.efficientvit import EfficientViTConfig
+
+    config = EfficientViTConfig(img_size=28, stem_stride=4, embed_dims=(32, 64), depths=(1, 2),
+                                num_heads=(2, 2), key_dim=8, ffn_ratio=2.0, window_size=7,
+                                kernels=(3, 3))
+    model = search_spaces.get("efficientvit").build(config, num_classes=10, in_chans=1)
+    inputs = {"img_size": 28, "in_chans": 1, "mean": [0.5], "std": [0.5], "num_classes": 10,
+              "class_names": [str(i) for i in range(10)], "dataset": "fashion-mnist"}
+    return write_export(tmp_path_factory.mktemp("evit") / "export", model.eval(),
+                        space="efficientvit", candidate=config.to_dict(), inputs=inputs,
+                        source={"test": "parent"}, metrics={})
+
+
+EVIT_DIMS = {"stem_stride": 4, "num_stages": 2, "heads_1": 2, "heads_2": 2,
+             "kernels": "3,3,3,3", "window_size": 7, "sandwich": 1, "v_ratio": 1.0}
+
+
+def test_an_efficientvit_parent_bounds_each_stage_width(evit_parent):
+    raw = inherited(evit_parent, space={"name": "efficientvit", "dims": {
+        **EVIT_DIMS, "width_1": [16, 32], "width_2": [32, 48, 64]}})
+    dims = specs.from_dict(raw).space.dims  # narrower stages are within the parent
+    assert dims["width_2"].values() == (32, 48, 64)
+    raw["space"]["dims"] = {**EVIT_DIMS, "width_1": [16, 32]}
+    assert specs.from_dict(raw).space.dims["width_2"].values() == (16, 32, 48, 64)  # default
+    raw["space"]["dims"] = {**EVIT_DIMS, "width_2": [64, 96]}
+    with pytest.raises(SpecError, match="width_2 = \\[64, 96\\]: value 96 reaches beyond"):
+        specs.from_dict(raw)

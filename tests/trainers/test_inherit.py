@@ -108,7 +108,8 @@ def test_adaptive_candidates_inherit_their_static_base(policy: str) -> None:
     (VIT, {"qk_dim": 5}, "keeps 5 per head; the model has 4 per head"),
     (VIT, {"patch_size": 2}, "tensor 'pos_embed' is (1, 17, 12) in the candidate"),
     (VIT, {"attn": "cga"}, "has no counterpart in the parent"),
-    (EVIT, {"num_heads": (1, 2), "kernels": (3, 3)}, "in the candidate; slicing the parent"),
+    (EVIT, {"num_heads": (1, 2), "kernels": (3, 3)}, "attn.v: efficientvit config keeps 16; "
+     "the model has 8"),
     (EVIT, {"depths": (2, 3)}, "keeps 2; the model has 1"),
 ])
 def test_a_candidate_beyond_the_parent_is_named(config, changes, words) -> None:
@@ -202,3 +203,99 @@ def test_one_layernorm_over_kept_channels_is_the_masked_one_restandardised():
     a = torch.sqrt(var / (ratio * (var + mean ** 2) - (ratio * mean) ** 2))
     c = (1 - ratio) * mean / torch.sqrt(ratio * (var + mean ** 2) - (ratio * mean) ** 2)
     assert torch.allclose(full, a * cut + c, atol=1e-5)
+
+
+# ------------------------------------------------- efficientvit: a stage's width (BatchNorm)
+def _zero_bn(convbn: torch.nn.Module, channels) -> None:
+    """A ConvBN (or BatchNorm) whose ``channels`` output 0 (eval mode: BN is affine)."""
+    bn = convbn.bn if hasattr(convbn, "bn") else convbn
+    bn.weight[list(channels)] = 0
+    bn.bias[list(channels)] = 0
+
+
+def _dropped(cut, name: str, n: int) -> list[int]:
+    return sorted(set(range(n)) - set(cut.kept[name].tolist()))
+
+
+def _mask_stage_widths(model: torch.nn.Module, cut) -> torch.nn.Module:
+    """Zero every write to a dropped channel of each stage's residual stream (written by the
+    stem or PatchMerging, every depthwise conv, FFN and attention output, each attention
+    head's V into the next head's chunk), of the last head's V, of PatchMerging's hidden and
+    squeeze-excite widths and of the stem's inner widths."""
+    stages = list(model.stages)
+    with torch.no_grad():
+        for i in (1, 2, 3):
+            conv = model.patch_embed.get_submodule(f"conv{i}")
+            _zero_bn(conv, _dropped(cut, f"patch_embed.conv{i}.width", conv.conv.out_channels))
+        for s, stage in enumerate(stages):
+            blocks = [(b, k) for b, k in enumerate(stage.blocks)
+                      if not isinstance(k, torch.nn.Identity)]  # the kept blocks
+            attn0 = blocks[0][1].mixer.m.attn
+            dropped = _dropped(cut, f"stages.{s}.width", attn0.num_heads * attn0.chunk)
+            writers = [model.patch_embed.conv4] if s == 0 else [
+                stage.downsample.patchmerge.conv3, *(p[0].m for p in (
+                    stage.downsample.res2,)), stage.downsample.res2[1].m.pw2]
+            if s + 1 < len(stages):
+                res1 = stages[s + 1].downsample.res1
+                writers += [res1[0].m, res1[1].m.pw2]
+            else:
+                writers.append(model.head.bn)
+            for b, block in blocks:
+                attn = block.mixer.m.attn
+                writers += [attn.proj[1]] + [getattr(block, n).m.pw2 if n.startswith("ffn")
+                                             else getattr(block, n).m
+                                             for n, _ in block.named_children() if n != "mixer"]
+                kd, cw = attn.key_dim, attn.chunk
+                for c in dropped:  # head i-1's V is chunk i
+                    if c >= cw:
+                        _zero_bn(attn.qkvs[c // cw - 1], [2 * kd + c % cw])
+                last = _dropped(cut, f"stages.{s}.blocks.{b}.attn.v", attn.value_dim)
+                _zero_bn(attn.qkvs[-1], [2 * kd + j for j in last])
+            for writer in writers:
+                _zero_bn(writer, dropped)
+            if s:
+                merge = stage.downsample.patchmerge
+                hidden = _dropped(cut, f"stages.{s}.downsample.merge.width",
+                                  merge.conv1.conv.out_channels)
+                _zero_bn(merge.conv1, hidden)
+                _zero_bn(merge.conv2, hidden)
+                reduced = _dropped(cut, f"stages.{s}.downsample.se.width",
+                                   merge.se.fc1.out_channels)
+                merge.se.fc1.weight[reduced] = 0
+                merge.se.fc1.bias[reduced] = 0
+    return model
+
+
+@pytest.mark.parametrize(("name", "changes"), [
+    ("efficientvit", {"embed_dims": (8, 16)}),
+    ("efficientvit", {"embed_dims": (16, 12), "key_dim": 2, "depths": (1, 2)}),
+    ("efficientvit-sandwich0", {"embed_dims": (8, 8), "ffn_ratio": 1.5}),
+    ("efficientvit", {"embed_dims": (8, 20), "key_dim": (3, 1), "ffn_ratio": (1.0, 2.0)}),
+])
+def test_a_narrower_stage_is_the_parent_masked_exactly(name, changes):
+    config = CONFIGS[name]
+    parent = parent_of(config)
+    candidate = config.replace(**changes)
+    assert misfit(parent, candidate) is None
+    cut = inherit(parent, candidate, random_scores(parent.model, seed=4))
+    for s, width in enumerate(candidate.embed_dims):
+        assert len(cut.kept[f"stages.{s}.width"]) == width
+    child = build(candidate)
+    child.load_state_dict(cut.state_dict, strict=True)
+    masked = _mask_stage_widths(_mask_efficientvit(make(config), cut, config), cut)
+    x = images(config)
+    with torch.no_grad():
+        expected, got, original = masked(x), child(x), parent.model(x)
+    scale = max(1.0, expected.abs().max().item())
+    assert (got - expected).abs().max().item() <= 1e-5 * scale  # BatchNorm: exact
+    assert (original - expected).abs().max().item() > 1e-3 * scale
+    assert 0 < cut.keep["width"] < 1
+
+
+def test_a_stage_whose_v_is_narrower_than_its_chunk_keeps_its_width():
+    config = CONFIGS["efficientvit-sandwich2"]  # v_ratio 0.5
+    structure = search_spaces.get(config.KIND).structure(config)
+    assert "width" not in structure.prunable() and "width" in structure.unprunable()
+    assert "width" in search_spaces.get(EVIT.KIND).structure(EVIT).prunable()
+    why = misfit(parent_of(config), config.replace(embed_dims=(8, 24)))
+    assert why is not None

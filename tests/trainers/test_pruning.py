@@ -277,6 +277,8 @@ def test_head_pruned_mhsa_configs_need_not_divide_the_width() -> None:
 def test_keep_ratios_name_what_cannot_be_pruned() -> None:
     assert keep_ratios(VIT, 0.5) == {"qk": 0.5, "v": 0.5, "ffn": 0.5}  # heads only by name
     assert keep_ratios(EVIT, 0.5) == {"qk": 0.5, "ffn": 0.5}
+    assert keep_ratios(EVIT, {"width": 0.5}) == {"width": 0.5}  # V as wide as its chunk
+    assert pruned_config(EVIT, {"width": 0.5}).embed_dims == (8, 12)
     assert keep_ratios(CONFIGS["cga"], {"heads": 1.0, "depth": 0.5}) == {"depth": 0.5}
     for config, keep, words in [
         (CONFIGS["cga"], {"heads": 0.5}, "reads one input chunk per head"),
@@ -284,7 +286,7 @@ def test_keep_ratios_name_what_cannot_be_pruned() -> None:
         (VIT, {"embed": 0.5}, "unknown component"),
         (CONFIGS["cga"], {"width": 0.5}, "splits the residual stream"),
         (VIT.replace(token_policy="halting"), {"width": 0.5}, "policy's own parts read"),
-        (EVIT, {"width": 0.5}, "splits the residual stream"),
+        (CONFIGS["efficientvit-sandwich2"], {"width": 0.5}, "narrower than its chunk"),
         (VIT, {"ffn": 0.0}, "must be in (0, 1]"),
         (VIT, 1.5, "must be in (0, 1]"),
     ]:
