@@ -17,6 +17,11 @@ continues.
 
     python benchmarks/inheritance.py parent [--threads 1]
     python benchmarks/inheritance.py fidelity --parent vit|efficientvit [--threads 2]
+    python benchmarks/inheritance.py fronts [--budget-min 12]   (needs Ray, torch-pruning)
+
+``fronts``: the inherited search against a from-scratch one at equal CPU time, the parent's
+uniform prune ladder and Torch-Pruning (benchmarks/inheritance_fronts.py); it writes
+inheritance.md: the fronts and every parent's cached rank fidelity.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ ENVELOPE = {
     "vit": {"embed_dim": (48, 72, 96), "depth": (2, 3, 4, 5, 6), "num_heads": (1, 2, 3),
             "qk_dim": (8, 16, 32), "v_dim": (16, 32), "mlp_ratio": (1.0, 2.0, 3.0, 4.0)},
     "efficientvit": {"depths": ((1, 1, 1), (1, 1, 2), (1, 2, 2), (1, 2, 3), (1, 1, 3)),
+                     "embed_dims": ((64, 128, 192), (48, 96, 144), (32, 64, 96), (64, 96, 128),
+                                    (32, 96, 192), (48, 128, 160)),
                      "key_dim": (4, 8, 16), "ffn_ratio": (0.5, 1.0, 1.5, 2.0)},
 }
 CANDIDATES, SPREAD = 12, (0.2, 0.9)
@@ -174,11 +181,22 @@ def fidelity(kind: str) -> list[str]:
     return lines
 
 
+def fronts(budget_s: float) -> list[str]:
+    """The fronts phase on the ViT parent (cached: a report reruns nothing)."""
+    from inheritance_fronts import run
+
+    parent = read_parent(VIT_PARENT_DIR)
+    data = load_data(DATA.replace(train_size=FINETUNE_DATA))
+    return run(WORK / "fronts", VIT_PARENT_DIR, parent, data, budget_s=budget_s,
+               train_size=FINETUNE_DATA, settings=INHERITED)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", choices=("parent", "fidelity"))
+    parser.add_argument("phase", choices=("parent", "fidelity", "fronts"))
     parser.add_argument("--parent", choices=tuple(PARENTS), default="vit")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--budget-min", type=float, default=12.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.phase == "parent":
@@ -186,10 +204,14 @@ def main() -> None:
         if not (EVIT_PARENT_DIR / "config.json").is_file():
             train_parent(EVIT_PARENT, EVIT_PARENT_DIR, data, EVIT_TRAIN,
                          benchmark="inheritance")
-    else:
+    elif args.phase == "fidelity":
         lines = fidelity(args.parent)
         write_table(f"inheritance_fidelity_{args.parent}",
                     header("Search by inheritance: rank fidelity") + lines)
+    else:
+        lines = [line for kind in PARENTS if (WORK / f"fidelity-{kind}.json").is_file()
+                 for line in fidelity(kind) + [""]] + fronts(args.budget_min * 60)
+        write_table("inheritance", header("Search by inheritance") + lines)
 
 
 if __name__ == "__main__":
