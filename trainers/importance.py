@@ -223,7 +223,7 @@ def retained_fractions(
     downsample FFNs form a row of their own (block "stages.{s}.downsample")."""
     pooled: dict[tuple[str, int, str], list[torch.Tensor]] = {}
     for name, block, stage, comp in _locate(scores):
-        if comp != "depth":
+        if comp not in ("depth", "width"):  # not groups of one block
             pooled.setdefault((block, stage, comp), []).append(scores[name].flatten())
     rows = [{"block": block, "stage": stage, "component": comp,
              "retained": keep_fraction(torch.cat(parts), coverage)}

@@ -147,7 +147,8 @@ def test_efficientvit_qk_groups_own_the_query_depthwise_filter_and_bn() -> None:
         bias = wg(attn.attention_biases)[i].sum()
         heads.append((r.sum() + dw.sum() + bias + proj[vd * i:vd * (i + 1)].sum()) ** 2)
         qk += [(r[c] + r[kd + c] + dw[c]) ** 2 for c in range(kd)]
-        v += [(r[2 * kd + c] + proj[vd * i + c]) ** 2 for c in range(vd)]
+        if i == attn.num_heads - 1:  # the other heads' V is the next chunk's width
+            v += [(r[2 * kd + c] + proj[vd * i + c]) ** 2 for c in range(vd)]
     p = "stages.1.blocks.1.attn"
     close(scores[f"{p}.heads"], heads)
     close(scores[f"{p}.qk"], qk)
@@ -346,8 +347,8 @@ def test_summarize_pools_components_per_third_of_depth(tmp_path) -> None:
 def test_summarize_uses_efficientvit_stages() -> None:
     scores = taylor_importance(make(EVIT), [batch(EVIT)], num_batches=1)
     summary = summarize(scores, coverages=(0.5,))
-    assert set(summary) == {f"imp_{c}_keep50_s{s}" for c in ("heads", "qk", "v", "ffn", "depth")
-                            for s in (0, 1)}
+    assert set(summary) == {f"imp_{c}_keep50_s{s}" for c in ("heads", "qk", "v", "ffn", "depth",
+                                                              "width") for s in (0, 1)}
     assert summary["imp_depth_keep50_s0"] == 1.0  # one block: it is all of it
     assert all(0 < v <= 1 for v in summary.values())
 
