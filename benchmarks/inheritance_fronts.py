@@ -19,6 +19,7 @@ Everything is cached under VITNAS_BENCH_WORK/inheritance/fronts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import time
@@ -82,14 +83,20 @@ def _finetuned(model: torch.nn.Module, data, settings: FitSettings) -> float:
     return evaluate(model, data.val_batches(256))["accuracy"]
 
 
-def ladder(work: Path, parent: Parent, scores, data, settings: FitSettings) -> list[dict]:
-    """The parent pruned uniformly to each keep of LADDER, fine-tuned (cached)."""
+def ladder(work: Path, parent: Parent, data, settings: FitSettings) -> list[dict]:
+    """The parent pruned uniformly to each keep of LADDER, fine-tuned (cached; the parent is
+    scored once, only when a step is missing)."""
     path = work / "ladder.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     full = count_macs(parent.model, data.input_shape)
+    scores = None
     for keep in LADDER:
         if str(keep) in cache:
             continue
+        if scores is None:
+            scores = taylor_importance(
+                parent.model, data.train_batches(128, epoch=0, seed=0), num_batches=16,
+                answers=parent.space.structure(parent.config).answers)
         t = time.perf_counter()
         pruned = prune(parent.config, parent.model, scores, keep)
         model = build_pruned(pruned, num_classes=data.num_classes, in_chans=data.in_chans)
@@ -108,11 +115,13 @@ def peer(work: Path, parent: Parent, data, settings: FitSettings) -> list[dict]:
 
     path = work / "peer.json"
     cache = json.loads(path.read_text()) if path.is_file() else {}
+    batches = None
     for level in LEVELS:
         if str(level) in cache:
             continue
         t = time.perf_counter()
-        batches = [(x, y) for x, y in data.train_batches(128, epoch=0, seed=0)][:16]
+        if batches is None:  # the 16 training batches our own scores use
+            batches = list(itertools.islice(data.train_batches(128, epoch=0, seed=0), 16))
         model, share = torch_pruning_to(parent.model, batches, level, data.input_shape)
         dims = {"embed_dim": model.patch_embed.proj.out_channels,
                 "head_dim": model.blocks[0].attn.qk_dim,
@@ -139,10 +148,7 @@ def run(work: Path, folder: Path, parent: Parent, data, *, budget_s: float, trai
     """Every arm (cached) and the report's lines."""
     work.mkdir(parents=True, exist_ok=True)
     common = _common(train_size)
-    scores = taylor_importance(parent.model, data.train_batches(128, epoch=0, seed=0),
-                               num_batches=16,
-                               answers=parent.space.structure(parent.config).answers)
-    steps = ladder(work, parent, scores, data, settings)
+    steps = ladder(work, parent, data, settings)
     peers = peer(work, parent, data, settings)
     arms = {
         "inherited": search(work, "inherited", common + [

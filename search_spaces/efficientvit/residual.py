@@ -36,11 +36,6 @@ def convbn(prefix: str) -> list[str]:
     return [f"{prefix}.conv.weight", *(f"{prefix}.{k}" for k in BN_KEYS)]
 
 
-def merge_hidden(in_width: int) -> int:
-    """PatchMerging's hidden width for an input of ``in_width`` channels."""
-    return 4 * in_width
-
-
 def se_width(hidden: int) -> int:
     """The squeeze-excite's reduced width over ``hidden`` channels (timm's rule)."""
     return make_divisible(hidden * SE_RATIO, SE_DIVISOR, round_limit=0.0)

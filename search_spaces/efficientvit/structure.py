@@ -29,7 +29,7 @@ from torch import nn
 from ..config import Config
 from ..layers.cga import UNPRUNABLE as CGA_WHOLE
 from ..layers.cga import GroupAttention as WindowCGA
-from ..layers.conv import ConvFFN
+from ..layers.conv import ConvFFN, merge_hidden
 from ..structure import (
     Groups,
     Knob,
@@ -46,7 +46,7 @@ from ..structure import (
     unowned,
 )
 from .model import EfficientViT, ffn_hidden
-from .residual import STEM_SHARE, convbn, cuttable, merge_hidden, se_width, width_groups
+from .residual import STEM_SHARE, convbn, cuttable, se_width, width_groups
 
 
 class EfficientViTStructure(Structure):

@@ -98,6 +98,11 @@ def stem(in_chans: int, dim: int, stride: int) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
+def merge_hidden(dim: int) -> int:
+    """PatchMerging's hidden width for an input of ``dim`` channels."""
+    return 4 * dim
+
+
 class PatchMerging(nn.Module):
     """x2 downsampling: 1x1 to 4x width, ReLU, DW 3x3 stride 2, ReLU, squeeze-excite, 1x1.
 
@@ -107,7 +112,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
-        hidden = 4 * dim
+        hidden = merge_hidden(dim)
         self.conv1 = ConvBN(dim, hidden)
         self.act = nn.ReLU(inplace=True)
         self.conv2 = ConvBN(hidden, hidden, 3, stride=2, groups=hidden)

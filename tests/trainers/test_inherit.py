@@ -233,8 +233,8 @@ def _mask_stage_widths(model: torch.nn.Module, cut) -> torch.nn.Module:
             attn0 = blocks[0][1].mixer.m.attn
             dropped = _dropped(cut, f"stages.{s}.width", attn0.num_heads * attn0.chunk)
             writers = [model.patch_embed.conv4] if s == 0 else [
-                stage.downsample.patchmerge.conv3, *(p[0].m for p in (
-                    stage.downsample.res2,)), stage.downsample.res2[1].m.pw2]
+                stage.downsample.patchmerge.conv3, stage.downsample.res2[0].m,
+                stage.downsample.res2[1].m.pw2]
             if s + 1 < len(stages):
                 res1 = stages[s + 1].downsample.res1
                 writers += [res1[0].m, res1[1].m.pw2]
